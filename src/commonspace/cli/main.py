@@ -1,0 +1,74 @@
+"""Entry point of the ``commonspace`` command.
+
+Errors caused by the user's input are printed as one line ``commonspace: error: ...`` with a
+meaningful exit code (see :mod:`commonspace.exceptions`); ``--debug`` shows the full traceback.
+Exit codes: 0 success, 1 error, 2 bad input, 3 missing file, 4 model not available, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from commonspace import __version__
+from commonspace.cli._common import Formatter
+from commonspace.exceptions import CommonspaceError
+
+COMMANDS = ("embed", "fuse", "train", "eval", "index", "search", "demo")
+
+EPILOG = """examples:
+  commonspace demo                                   # the whole pipeline on real data, offline
+  commonspace embed --model st:all-MiniLM-L6-v2 --texts captions.txt --out emb/
+  commonspace fuse --cross clip_img.npy --expert dino_img.npy --modality image --out fused.npy
+  commonspace eval --embeddings clip=clip.npy fused=fused.npy --labels labels.npy --out report/
+  commonspace index --embeddings image=fused_img.npy --out idx/
+  commonspace search --index idx/ --vector query.npy -k 5
+
+Run `commonspace COMMAND --help` for each command's options and examples."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="commonspace",
+        description="Put images, texts, audio and any sequence into one common space: "
+        "embed, fuse (KrossFuse), learn (cross-model CNN), evaluate, index and search.",
+        epilog=EPILOG,
+        formatter_class=Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"commonspace {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"commonspace.cli.{name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        code = args.func(args)
+    except CommonspaceError as exc:
+        if args.debug:
+            raise
+        print(f"commonspace {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"commonspace {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Locating the real data sets in ``../shared/data`` (read-only; never copied into the project).
+
+Set ``COMMONSPACE_DATA`` to point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from commonspace.exceptions import MissingFileError
+
+
+def shared_data_dir() -> Path:
+    """The folder holding ``wikipedia/``, ``coco_clip_pairs/``, ``fsdd/``, ``cifar10_sample/``."""
+    env = os.environ.get("COMMONSPACE_DATA")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd().parent / "shared" / "data"
+
+
+def dataset_path(*parts: str) -> Path:
+    """Path of a file or folder inside the shared data; a clear error when it is missing."""
+    path = shared_data_dir().joinpath(*parts)
+    if not path.exists():
+        raise MissingFileError(
+            f"data not found: {path} (set COMMONSPACE_DATA to the folder holding the data sets)"
+        )
+    return path
+
+
+def load_wikipedia():
+    """The Wikipedia image-text benchmark with its official split (Rasiwasia et al., 2010).
+
+    Returns a dict with float32 ``image_train`` (2173, 128) and ``image_test`` (693, 128) SIFT
+    bag-of-words features, ``text_train`` (2173, 10) and ``text_test`` (693, 10) LDA features,
+    int64 labels ``y_train`` / ``y_test`` in 0..9 (pair i: row i of both modalities), and
+    ``classes`` (10 names).
+    """
+    import numpy as np
+    from scipy.io import loadmat
+
+    root = dataset_path("wikipedia")
+    mat = loadmat(root / "raw_features.mat")
+
+    def labels(name):
+        rows = (root / name).read_text().split("\n")
+        return np.array([int(r.split()[-1]) - 1 for r in rows if r.strip()], dtype=np.int64)
+
+    return {
+        "image_train": mat["I_tr"].astype(np.float32),
+        "image_test": mat["I_te"].astype(np.float32),
+        "text_train": mat["T_tr"].astype(np.float32),
+        "text_test": mat["T_te"].astype(np.float32),
+        "y_train": labels("trainset_txt_img_cat.list"),
+        "y_test": labels("testset_txt_img_cat.list"),
+        "classes": (root / "categories.list").read_text().split(),
+    }
+
+
+def list_fsdd():
+    """The Free Spoken Digit Dataset recordings, sorted by file name.
+
+    Returns a list of dicts ``{"path", "digit", "speaker", "index"}``; FSDD's documented split
+    puts ``index`` 0-4 in the test set.
+    """
+    root = dataset_path("fsdd", "recordings")
+    items = []
+    for path in sorted(root.glob("*.wav")):
+        digit, speaker, index = path.stem.split("_")
+        items.append({"path": path, "digit": int(digit), "speaker": speaker, "index": int(index)})
+    if not items:
+        raise MissingFileError(f"no .wav files in {root}")
+    return items
+
+
+def load_coco_clip_pairs():
+    """CLIP embeddings of 500 real COCO image-caption pairs (Liang et al., 2022).
+
+    Returns ``(images, captions)``, each (500, 512) float32, L2-normalised; row i is pair i.
+    """
+    import numpy as np
+
+    feats = np.load(dataset_path("coco_clip_pairs", "features_clip.npy"))
+    return feats[0].astype(np.float32), feats[1].astype(np.float32)

@@ -1,0 +1,1 @@
+"""encoders (placeholder; see issue)."""

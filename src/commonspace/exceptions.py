@@ -1,0 +1,35 @@
+"""Exception types shared by the whole package.
+
+The CLI prints a :class:`CommonspaceError` as one line and exits with its ``exit_code``;
+any other exception is a bug and is shown with its traceback under ``--debug``.
+"""
+
+
+class CommonspaceError(Exception):
+    """Base class of errors caused by the user's input or environment."""
+
+    exit_code = 1
+
+
+class InputError(CommonspaceError, ValueError):
+    """Bad input: wrong shape, NaN, empty data, unknown name, mismatched lengths."""
+
+    exit_code = 2
+
+
+class MissingFileError(CommonspaceError, FileNotFoundError):
+    """A file or folder the user named does not exist or cannot be read."""
+
+    exit_code = 3
+
+
+class NotFittedError(CommonspaceError, AttributeError):
+    """A fitted estimator's method was called before ``fit``."""
+
+    exit_code = 2
+
+
+class ModelNotAvailableError(CommonspaceError):
+    """A model cannot be loaded (unknown name, or weights not on disk while offline)."""
+
+    exit_code = 4

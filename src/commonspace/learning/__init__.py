@@ -1,0 +1,1 @@
+"""learning (placeholder; see issue)."""
