@@ -1,0 +1,365 @@
+"""The embedding index: one FAISS index per modality, a metadata table, save / load / search.
+
+Cosine search by default: rows and queries are L2-normalised and searched by inner product
+(``IndexFlatIP`` on unit vectors is exact cosine similarity). Any FAISS factory string works for
+large collections (``"IVF1024,Flat"``, ``"HNSW32"``, ``"IVF1024,PQ16"``, ...); indexes that need
+training are trained on the vectors of their modality when they are added.
+
+Rows are numbered globally in the order they were added (modality after modality); a search
+over several modalities merges the per-modality top-k lists by score. Ties (equal float32
+scores) put the larger row number first, which is FAISS's own rule inside one index.
+
+Folder layout written by :meth:`EmbeddingIndex.save`::
+
+    index.json         format, factory, normalisation, per-modality dim / count / file, info
+    <modality>.faiss   one FAISS index per modality
+    metadata.parquet   row, id, modality, source, label (one line per indexed vector)
+    query/             optional QueryEmbedder (how to embed raw text / image / audio queries)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from commonspace._validation import check_matrix
+from commonspace.exceptions import InputError, MissingFileError
+from commonspace.io import atomic_path, save_json
+
+FORMAT = "commonspace-index"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class SearchResults:
+    """Top-k results of ``nq`` queries.
+
+    scores : (nq, k) float32, cosine similarity (inner product when ``normalize=False``),
+        best first; ``-inf`` where fewer than k rows exist.
+    rows : (nq, k) int64 global row numbers into :attr:`EmbeddingIndex.metadata`; -1 when empty.
+    """
+
+    scores: np.ndarray
+    rows: np.ndarray
+    metadata: dict
+
+    def hits(self, i: int = 0) -> list[dict]:
+        """The hits of query ``i`` as dicts: rank, score, row, id, modality, source, label."""
+        out = []
+        for rank, (score, row) in enumerate(zip(self.scores[i], self.rows[i], strict=True), 1):
+            if row < 0:
+                break
+            hit = {"rank": rank, "score": float(score), "row": int(row)}
+            for col in ("id", "modality", "source", "label"):
+                hit[col] = _py(self.metadata[col][row])
+            out.append(hit)
+        return out
+
+
+def _py(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class EmbeddingIndex:
+    """A searchable collection of embeddings of one or more modalities.
+
+    Parameters
+    ----------
+    factory : FAISS factory string of each modality's index ("Flat" = exact search).
+    normalize : L2-normalise rows and queries (cosine similarity); False keeps raw inner products.
+    nprobe : IVF lists visited per query (ignored by other index types).
+    ef_search : HNSW search depth (ignored by other index types).
+    info : free-form JSON-serialisable description saved with the index (model names, ...).
+    """
+
+    def __init__(self, factory: str = "Flat", normalize: bool = True, nprobe: int = 16,
+                 ef_search: int = 64, info: dict | None = None):
+        self.factory = factory
+        self.normalize = normalize
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.info = info
+        self.indexes_: dict = {}
+        self.dims_: dict[str, int] = {}
+        self.metadata: dict[str, list] = {"id": [], "modality": [], "source": [], "label": []}
+        self.query_embedder = None
+
+    # ------------------------------------------------------------------ building
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.indexes_)
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.metadata["id"])
+
+    def add(self, modality: str, embeddings, ids=None, sources=None, labels=None):
+        """Add ``(n, d)`` embeddings of one modality with optional per-row metadata.
+
+        ids default to ``"<modality>-<i>"``; sources (file path or text) and labels to None.
+        Adding to an existing modality appends (the dimension must match). Returns self.
+        """
+        import faiss
+
+        if not isinstance(modality, str) or not _NAME.match(modality):
+            raise InputError(f"modality name {modality!r} must be letters, digits, '_', '-', '.'")
+        x = check_matrix(embeddings, f"embeddings of {modality!r}")
+        n, d = x.shape
+        x = self._prepare(x, f"embeddings of {modality!r}")
+        start = sum(1 for m in self.metadata["modality"] if m == modality)
+        ids = [f"{modality}-{start + i}" for i in range(n)] if ids is None else list(ids)
+        sources = [None] * n if sources is None else list(sources)
+        labels = [None] * n if labels is None else [_py(v) for v in labels]
+        for name, col in (("ids", ids), ("sources", sources), ("labels", labels)):
+            if len(col) != n:
+                raise InputError(f"{name} of {modality!r} has {len(col)} rows, expected {n}")
+        if modality in self.indexes_:
+            if self.dims_[modality] != d:
+                raise InputError(
+                    f"embeddings of {modality!r} have dimension {d}, but the index holds "
+                    f"dimension {self.dims_[modality]} for that modality")
+            index = self.indexes_[modality]
+        else:
+            try:
+                index = faiss.index_factory(d, self.factory, faiss.METRIC_INNER_PRODUCT)
+            except RuntimeError as exc:
+                raise InputError(f"invalid FAISS factory string {self.factory!r}: "
+                                 f"{_faiss_message(exc)}") from exc
+            if not index.is_trained:
+                try:
+                    index.train(x)
+                except RuntimeError as exc:
+                    raise InputError(
+                        f"cannot train a {self.factory!r} index on {n} vectors of {modality!r}: "
+                        f"{_faiss_message(exc)}; use a smaller configuration or 'Flat'") from exc
+        # Global rows must stay contiguous per modality: rebuild the order when appending.
+        if modality in self.indexes_ and self.metadata["modality"][-1:] != [modality]:
+            raise InputError(f"add all rows of {modality!r} before adding another modality")
+        index.add(x)
+        self.indexes_[modality] = index
+        self.dims_[modality] = d
+        self.metadata["id"] += [str(i) for i in ids]
+        self.metadata["modality"] += [modality] * n
+        self.metadata["source"] += [None if s is None else str(s) for s in sources]
+        self.metadata["label"] += labels
+        return self
+
+    def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
+        if not self.normalize:
+            return x
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise InputError(f"{name} has {int((norms == 0).sum())} zero vector(s); "
+                             "cosine similarity is undefined for them")
+        return np.ascontiguousarray(x / norms, dtype=np.float32)
+
+    def _offsets(self) -> dict[str, int]:
+        out, seen = {}, 0
+        for m in self.indexes_:
+            out[m] = seen
+            seen += self.indexes_[m].ntotal
+        return out
+
+    # ------------------------------------------------------------------ searching
+    def search(self, queries, k: int = 10, modality=None) -> SearchResults:
+        """Top-``k`` rows for each query vector.
+
+        queries : (nq, d) or (d,) float array in the index's space.
+        modality : a name or list of names to search; default every modality of dimension d.
+        """
+        if not self.indexes_:
+            raise InputError("the index is empty; add embeddings first")
+        if not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"k must be a positive integer, got {k!r}")
+        q = np.asarray(queries) if not hasattr(queries, "detach") else queries
+        if getattr(q, "ndim", 2) == 1:
+            q = q[None, :]
+        q = check_matrix(q, "query")
+        d = q.shape[1]
+        targets = self._targets(modality, d)
+        q = self._prepare(q, "query")
+        self._apply_search_params()
+        offsets = self._offsets()
+        all_scores, all_rows = [], []
+        for m in targets:
+            kk = min(k, self.indexes_[m].ntotal)
+            scores, local = self.indexes_[m].search(q, kk)
+            rows = np.where(local >= 0, local + offsets[m], -1)
+            all_scores.append(np.where(local >= 0, scores, -np.inf).astype(np.float32))
+            all_rows.append(rows.astype(np.int64))
+        scores = np.concatenate(all_scores, axis=1)
+        rows = np.concatenate(all_rows, axis=1)
+        # Merge: score descending, then larger row first (FAISS's tie rule within one index).
+        order = np.lexsort((-rows, -scores), axis=1)[:, :k]
+        scores = np.take_along_axis(scores, order, axis=1)
+        rows = np.take_along_axis(rows, order, axis=1)
+        if rows.shape[1] < k:
+            pad = k - rows.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        rows[~np.isfinite(scores)] = -1
+        return SearchResults(scores=scores, rows=rows, metadata=self.metadata)
+
+    def _targets(self, modality, d: int) -> list[str]:
+        if modality is None:
+            targets = [m for m in self.indexes_ if self.dims_[m] == d]
+            if not targets:
+                raise InputError(
+                    f"the query has dimension {d}, but the index was built from dimension "
+                    f"{_dims_text(self.dims_)}; embed the query with the index's model")
+            return targets
+        targets = [modality] if isinstance(modality, str) else list(modality)
+        for m in targets:
+            if m not in self.indexes_:
+                raise InputError(f"the index has no modality {m!r}; it has {self.modalities}")
+            if self.dims_[m] != d:
+                raise InputError(
+                    f"the query has dimension {d}, but modality {m!r} of the index was built "
+                    f"from dimension {self.dims_[m]}; embed the query with the index's model")
+        return targets
+
+    def _apply_search_params(self):
+        import faiss
+
+        for index in self.indexes_.values():
+            ivf = faiss.try_extract_index_ivf(index)
+            if ivf is not None:
+                ivf.nprobe = int(self.nprobe)
+            hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
+            if hnsw is not None:
+                hnsw.efSearch = int(self.ef_search)
+
+    def search_query(self, query, kind: str, k: int = 10, modality=None) -> SearchResults:
+        """Search with a raw query: ``kind`` "text" (a string), "image" or "audio" (a file path).
+
+        Uses the index's :class:`~commonspace.index.query.QueryEmbedder`.
+        """
+        if isinstance(query, str) and not query.strip():
+            raise InputError(f"empty {kind} query")
+        if self.query_embedder is None:
+            raise InputError(
+                f"this index cannot embed {kind} queries: it was built without a query model "
+                "(rebuild it with --query-model, or search with --vector)")
+        vec = self.query_embedder.embed([query], kind)
+        return self.search(vec, k=k, modality=modality)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> Path:
+        """Write the index folder (see the module docstring); index.json is written last."""
+        import faiss
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        modalities = {}
+        for m, index in self.indexes_.items():
+            with atomic_path(path / f"{m}.faiss") as tmp:
+                faiss.write_index(index, str(tmp))
+            modalities[m] = {"dim": self.dims_[m], "count": int(index.ntotal),
+                             "file": f"{m}.faiss"}
+        table = pa.table({
+            "row": pa.array(np.arange(self.ntotal, dtype=np.int64)),
+            "id": pa.array(self.metadata["id"], pa.string()),
+            "modality": pa.array(self.metadata["modality"], pa.string()),
+            "source": pa.array(self.metadata["source"], pa.string()),
+            "label": _label_array(self.metadata["label"]),
+        })
+        with atomic_path(path / "metadata.parquet") as tmp:
+            pq.write_table(table, tmp)
+        query = None
+        if self.query_embedder is not None:
+            self.query_embedder.save(path / "query")
+            query = "query"
+        save_json(path / "index.json", {
+            "format": FORMAT, "version": FORMAT_VERSION, "factory": self.factory,
+            "normalize": self.normalize, "metric": "inner_product", "nprobe": self.nprobe,
+            "ef_search": self.ef_search, "modalities": modalities, "ntotal": self.ntotal,
+            "query_embedder": query, "info": self.info or {},
+        })
+        return path
+
+    @classmethod
+    def load(cls, path, mmap: bool = True) -> EmbeddingIndex:
+        """Load an index folder; ``mmap`` memory-maps the FAISS data (flat codes, IVF lists)."""
+        import faiss
+        import pyarrow.parquet as pq
+
+        path = Path(path)
+        meta_file = path / "index.json"
+        if not path.exists():
+            raise MissingFileError(
+                f"no index at {path}; build one first with `commonspace index`")
+        if not meta_file.is_file():
+            raise MissingFileError(
+                f"{path} is not a commonspace index (no index.json); build one with "
+                "`commonspace index`")
+        try:
+            spec = json.loads(meta_file.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{meta_file} is corrupt: {exc}") from exc
+        if not isinstance(spec, dict) or spec.get("format") != FORMAT:
+            raise InputError(f"{meta_file} is not a commonspace index description")
+        self = cls(factory=spec["factory"], normalize=spec["normalize"],
+                   nprobe=spec.get("nprobe", 16), ef_search=spec.get("ef_search", 64),
+                   info=spec.get("info") or None)
+        flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+                 if mmap else 0)
+        for m, entry in spec["modalities"].items():
+            file = path / entry["file"]
+            if not file.is_file():
+                raise MissingFileError(f"index file missing: {file}")
+            try:
+                index = faiss.read_index(str(file), flags)
+            except RuntimeError as exc:
+                raise InputError(
+                    f"index file {file} is corrupt or unreadable ({_faiss_message(exc)}); "
+                    "rebuild the index") from exc
+            if index.d != entry["dim"] or index.ntotal != entry["count"]:
+                raise InputError(
+                    f"index file {file} holds {index.ntotal} vectors of dimension {index.d}, "
+                    f"but index.json says {entry['count']} of dimension {entry['dim']}; "
+                    "rebuild the index")
+            self.indexes_[m] = index
+            self.dims_[m] = int(entry["dim"])
+        try:
+            table = pq.read_table(path / "metadata.parquet")
+        except Exception as exc:
+            raise InputError(f"{path / 'metadata.parquet'} is missing or corrupt: {exc}") from exc
+        if table.num_rows != spec["ntotal"] or table.num_rows != sum(
+                i.ntotal for i in self.indexes_.values()):
+            raise InputError(f"{path / 'metadata.parquet'} has {table.num_rows} rows, but the "
+                             f"index holds {spec['ntotal']} vectors; rebuild the index")
+        self.metadata = {c: table.column(c).to_pylist()
+                         for c in ("id", "modality", "source", "label")}
+        if spec.get("query_embedder"):
+            from commonspace.index.query import QueryEmbedder
+
+            self.query_embedder = QueryEmbedder.load(path / spec["query_embedder"])
+        return self
+
+
+def _label_array(labels):
+    import pyarrow as pa
+
+    try:
+        return pa.array(labels)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed types: keep them as text
+        return pa.array([None if v is None else str(v) for v in labels], pa.string())
+
+
+def _dims_text(dims: dict) -> str:
+    return ", ".join(f"{d} ({m})" for m, d in dims.items())
+
+
+def _faiss_message(exc: Exception) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Error" in ln and "' failed" in ln or ln.startswith("Error"):
+            return ln
+    return lines[-1] if lines else type(exc).__name__
