@@ -104,7 +104,7 @@ class EmbeddingIndex:
         ids default to ``"<modality>-<i>"``; sources (file path or text) and labels to None.
         Adding to an existing modality appends (the dimension must match). Returns self.
         """
-        import faiss
+        faiss = import_faiss()
 
         if not isinstance(modality, str) or not _NAME.match(modality):
             raise InputError(f"modality name {modality!r} must be letters, digits, '_', '-', '.'")
@@ -224,7 +224,7 @@ class EmbeddingIndex:
         return targets
 
     def _apply_search_params(self):
-        import faiss
+        faiss = import_faiss()
 
         for index in self.indexes_.values():
             ivf = faiss.try_extract_index_ivf(index)
@@ -251,7 +251,7 @@ class EmbeddingIndex:
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:
         """Write the index folder (see the module docstring); index.json is written last."""
-        import faiss
+        faiss = import_faiss()
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -287,7 +287,7 @@ class EmbeddingIndex:
     @classmethod
     def load(cls, path, mmap: bool = True) -> EmbeddingIndex:
         """Load an index folder; ``mmap`` memory-maps the FAISS data (flat codes, IVF lists)."""
-        import faiss
+        faiss = import_faiss()
         import pyarrow.parquet as pq
 
         path = Path(path)
@@ -342,6 +342,20 @@ class EmbeddingIndex:
 
             self.query_embedder = QueryEmbedder.load(path / spec["query_embedder"])
         return self
+
+
+def import_faiss():
+    """Import faiss without its INFO log lines about CPU instruction sets."""
+    import logging
+
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    try:
+        import faiss
+    except ImportError as exc:
+        from commonspace.exceptions import CommonspaceError
+
+        raise CommonspaceError("faiss is not installed: pip install 'commonspace[index]'") from exc
+    return faiss
 
 
 def _label_array(labels):
