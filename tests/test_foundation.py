@@ -85,3 +85,17 @@ def test_cli_lists_every_command():
     ).stdout
     for command in ("embed", "fuse", "train", "eval", "index", "search", "demo"):
         assert command in out
+
+
+def test_torchvision_transforms_import_after_commonspace():
+    # A fresh interpreter: `import commonspace` must make torchvision (and open_clip) importable
+    # even where torchvision's C extension does not match the installed torch.
+    code = (
+        "import commonspace, torchvision, numpy as np\n"
+        "from PIL import Image\n"
+        "t = torchvision.transforms.Compose([torchvision.transforms.Resize(8),"
+        " torchvision.transforms.ToTensor()])\n"
+        "x = t(Image.fromarray(np.full((16, 16, 3), 255, np.uint8)))\n"
+        "assert tuple(x.shape) == (3, 8, 8) and float(x.min()) == 1.0\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,6 +13,10 @@ Subpackages, each with one job (data flows one way, top to bottom):
 
 __version__ = "0.1.0"
 
+from commonspace._compat import install_torchvision_guard
+
+install_torchvision_guard()
+
 __all__ = ["KrossFuse", "CrossModelCNN", "__version__"]
 
 
