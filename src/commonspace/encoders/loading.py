@@ -1,0 +1,77 @@
+"""``load_encoder(name)``: one string names a model, whatever library it comes from.
+
+Forms: ``st:NAME`` (sentence-transformers), ``openclip:ARCH/TAG`` or ``openclip:/local/dir``,
+``hf:NAME`` (transformers vision model, e.g. DINOv2), or a bare local folder whose files say
+which library saved it (``open_clip_config.json``; ``modules.json``; ``config.json`` +
+``preprocessor_config.json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from commonspace.exceptions import ModelNotAvailableError
+
+PREFIXES = ("st", "openclip", "hf")
+FORMS = (
+    "st:NAME (e.g. st:all-MiniLM-L6-v2, st:intfloat/e5-base-v2), "
+    "openclip:ARCH/TAG (e.g. openclip:ViT-B-32/openai) or openclip:/local/dir, "
+    "hf:NAME (e.g. hf:facebook/dinov2-base), or a local model folder"
+)
+
+
+def detect_library(folder) -> str:
+    """``openclip``, ``st`` or ``hf`` for a local model folder, from the files it holds."""
+    folder = Path(folder)
+    if (folder / "open_clip_config.json").is_file():
+        return "openclip"
+    if (folder / "modules.json").is_file() or (folder / "config_sentence_transformers.json").is_file():
+        return "st"
+    if (folder / "config.json").is_file() and (folder / "preprocessor_config.json").is_file():
+        return "hf"
+    raise ModelNotAvailableError(
+        f"cannot tell which library saved the model folder {folder}: expected "
+        "open_clip_config.json (open_clip), modules.json (sentence-transformers) or config.json "
+        "+ preprocessor_config.json (transformers vision model)"
+    )
+
+
+def load_encoder(name: str, device=None, precision: str = "auto", **options):
+    """Load an :class:`~commonspace.encoders.base.Encoder` from a model string.
+
+    Parameters
+    ----------
+    name : see the module docstring.
+    device : ``cuda``, ``mps``, ``cpu`` or ``None`` (best available).
+    precision : ``auto`` (float16 on GPU, float32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
+    options : adapter options: ``pooling`` for ``hf:`` models; ``prefixes`` and
+        ``default_role`` for ``st:`` models.
+
+    Raises
+    ------
+    ModelNotAvailableError : unknown name, or weights not available offline (the message says
+        what to download and how).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotAvailableError(f"a model name must be a non-empty string; use {FORMS}")
+    prefix, sep, spec = name.partition(":")
+    if not sep or prefix not in PREFIXES:
+        if Path(name).is_dir():
+            prefix, spec = detect_library(name), name
+        else:
+            raise ModelNotAvailableError(f"unknown model {name!r}: use {FORMS}")
+    if not spec:
+        raise ModelNotAvailableError(f"model {name!r} names nothing after {prefix!r}: use {FORMS}")
+    if prefix == "st":
+        from commonspace.encoders.sentence import SentenceTransformerEncoder
+
+        return SentenceTransformerEncoder.from_pretrained(
+            spec, device=device, precision=precision, **options
+        )
+    if prefix == "openclip":
+        from commonspace.encoders.openclip import OpenCLIPEncoder
+
+        return OpenCLIPEncoder.from_pretrained(spec, device=device, precision=precision, **options)
+    from commonspace.encoders.hf_vision import HFVisionEncoder
+
+    return HFVisionEncoder.from_pretrained(spec, device=device, precision=precision, **options)
