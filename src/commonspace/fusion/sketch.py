@@ -1,0 +1,147 @@
+"""Sketches of a Kronecker product f_1 (x) f_2 (x) ... (x) f_p that never materialise it.
+
+Both sketches z(.) are unbiased: E <z(x), z(y)> = prod_i <f_i(x), f_i(y)>.
+
+- Random projection (RP-KrossFuse): z = (f_1 U_1) * (f_2 U_2) * ... / sqrt(l), elementwise,
+  U_i (d_i, l) with i.i.d. zero-mean unit-variance entries ("uniform" on [-sqrt 3, sqrt 3],
+  "gaussian", "rademacher"). Cost O(l sum_i d_i) per row.
+- TensorSketch (Pham & Pagh, KDD 2013): z = IFFT(prod_i FFT(CountSketch_i(f_i))). Cost
+  O(sum_i d_i + p l log l) per row.
+- :func:`kronecker`: the exact product (the reference), width prod_i d_i.
+
+Functions take and return torch tensors on any device; random parameters are NumPy arrays
+drawn on the CPU, so a seed gives the same sketch everywhere. The classes wrap them with the
+scikit-learn shape (``fit`` draws, ``transform`` is pure) and accept NumPy or torch input.
+Imports: numpy, torch, commonspace._validation, commonspace.exceptions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from commonspace._validation import check_choice, check_is_fitted, check_random_state
+from commonspace.exceptions import InputError
+
+DISTRIBUTIONS = ("uniform", "gaussian", "rademacher")
+
+
+def draw_projection(rng: np.random.Generator, dim: int, n_components: int,
+                    distribution: str = "uniform") -> np.ndarray:
+    """(dim, n_components) float32 matrix of i.i.d. zero-mean, unit-variance entries."""
+    check_choice(distribution, "projection distribution", DISTRIBUTIONS)
+    shape = (dim, n_components)
+    if distribution == "uniform":
+        U = rng.uniform(-math.sqrt(3.0), math.sqrt(3.0), size=shape)
+    elif distribution == "gaussian":
+        U = rng.standard_normal(shape)
+    else:
+        U = rng.integers(0, 2, size=shape) * 2.0 - 1.0
+    return U.astype(np.float32)
+
+
+def draw_count_sketch(rng: np.random.Generator, dim: int, n_components: int):
+    """Hash (dim,) int64 in [0, n_components) and signs (dim,) float32 in {-1, +1}."""
+    hashes = rng.integers(0, n_components, size=dim, dtype=np.int64)
+    signs = (rng.integers(0, 2, size=dim) * 2 - 1).astype(np.float32)
+    return hashes, signs
+
+
+def projection_sketch(features, projections):
+    """prod_i (features[i] @ projections[i]) / sqrt(l): (n, l) tensor."""
+    z = features[0] @ projections[0]
+    for f, U in zip(features[1:], projections[1:], strict=True):
+        z.mul_(f @ U)
+    return z.mul_(1.0 / math.sqrt(projections[0].shape[1]))
+
+
+def count_sketch(X, hashes, signs, n_components: int):
+    """Count sketch of the rows of X (n, d): (n, n_components), column h[j] += s[j] X[:, j]."""
+    import torch
+
+    out = torch.zeros(X.shape[0], n_components, dtype=X.dtype, device=X.device)
+    return out.index_add_(1, hashes, X * signs)
+
+
+def tensor_sketch(features, hashes, signs, n_components: int):
+    """TensorSketch of the Kronecker product of ``features``: (n, n_components) tensor."""
+    import torch
+
+    spectrum = None
+    for f, h, s in zip(features, hashes, signs, strict=True):
+        fft = torch.fft.rfft(count_sketch(f, h, s, n_components), dim=1)
+        spectrum = fft if spectrum is None else spectrum.mul_(fft)
+    return torch.fft.irfft(spectrum, n=n_components, dim=1)
+
+
+def kronecker(features):
+    """Exact row-wise Kronecker product: (n, prod_i d_i) tensor."""
+    z = features[0]
+    for f in features[1:]:
+        z = (z[:, :, None] * f[:, None, :]).reshape(z.shape[0], -1)
+    return z
+
+
+class _Sketch:
+    def __init__(self, n_components: int = 1024, random_state=0):
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def transform(self, features):
+        """Sketch the Kronecker product of a list of (n, d_i) arrays or tensors -> (n, l)."""
+        from commonspace.fusion._tensor import from_torch, to_torch
+
+        check_is_fitted(self, "dims_")
+        if len(features) != len(self.dims_):
+            raise InputError(f"expected {len(self.dims_)} feature matrices, got {len(features)}")
+        tensors, like = to_torch(features, [f"features[{i}]" for i in range(len(features))],
+                                 self.dims_)
+        return from_torch(self._sketch(tensors), like)
+
+
+class RandomProjectionSketch(_Sketch):
+    """Unbiased random-projection sketch of f_1 (x) ... (x) f_p (no norm rescaling).
+
+    ``fit(dims)`` draws U_i (d_i, n_components); ``transform([F_1, ..., F_p])`` -> (n, l) float32.
+    """
+
+    def __init__(self, n_components: int = 1024, distribution: str = "uniform", random_state=0):
+        super().__init__(n_components, random_state)
+        self.distribution = distribution
+
+    def fit(self, dims):
+        rng = check_random_state(self.random_state)
+        self.dims_ = tuple(int(d) for d in dims)
+        self.projections_ = [draw_projection(rng, d, self.n_components, self.distribution)
+                             for d in self.dims_]
+        return self
+
+    def _sketch(self, tensors):
+        import torch
+
+        Us = [torch.from_numpy(U).to(tensors[0].device) for U in self.projections_]
+        return projection_sketch(tensors, Us)
+
+
+class TensorSketch(_Sketch):
+    """Unbiased TensorSketch of f_1 (x) ... (x) f_p (Pham & Pagh 2013; no norm rescaling).
+
+    ``fit(dims)`` draws a hash and signs per factor; ``transform`` -> (n, l) float32.
+    """
+
+    def fit(self, dims):
+        rng = check_random_state(self.random_state)
+        self.dims_ = tuple(int(d) for d in dims)
+        drawn = [draw_count_sketch(rng, d, self.n_components) for d in self.dims_]
+        self.hashes_ = [h for h, _ in drawn]
+        self.signs_ = [s for _, s in drawn]
+        return self
+
+    def _sketch(self, tensors):
+        import torch
+
+        dev = tensors[0].device
+        return tensor_sketch(tensors, [torch.from_numpy(h).to(dev) for h in self.hashes_],
+                             [torch.from_numpy(s).to(dev) for s in self.signs_],
+                             self.n_components)
