@@ -1,0 +1,325 @@
+"""``CrossModelCNN``: the estimator (fit / transform / save / load) over the solvers."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from commonspace._validation import check_choice, check_is_fitted, check_random_state
+from commonspace.exceptions import InputError, MissingFileError
+from commonspace.io import atomic_path
+from commonspace.learning.network import ACTIVATIONS, SequenceCNN, forward_batched
+from commonspace.learning.objective import Problem
+from commonspace.learning.relevance import build_relevance
+from commonspace.learning.sequences import as_padded, fit_window
+
+SOLVERS = ("admm", "adam")
+LOSSES = ("squared", "softmax")
+
+
+class CrossModelCNN:
+    """Learn one common space ``R^dim`` for sequences of two or more modalities.
+
+    One CNN per modality (window convolution, activation, max-pool over windows) maps item
+    ``i`` of modality ``k`` to ``u_i^k``; the networks and a shared linear classifier ``Theta``
+    minimise ``alpha * relevance + beta * label loss + gamma * (||W||^2 + ||Theta||^2)`` (see
+    :mod:`commonspace.learning.objective`) with ADMM (``solver="admm"``) or end-to-end Adam
+    (``solver="adam"``).
+
+    Parameters
+    ----------
+    dim : r, the common-space dimension (number of filters of the last layer).
+    window : h, an int for every modality or a dict modality -> int (default 1).
+    alpha, beta, gamma : weights of the relevance, label and weight-decay terms.
+    solver : "admm" or "adam".
+    loss : "squared" (one-hot targets; closed-form U and Theta steps) or "softmax"
+        (cross-entropy; U and Theta steps become ``newton_iter`` L-BFGS iterations).
+    activation : "relu", "tanh", "sigmoid" or "identity".
+    hidden : widths of extra per-window layers between the window convolution and the output
+        (default ``()``: one convolution layer, as in the paper).
+    pad_short : zero-pad sequences shorter than the window (else they are an error).
+    standardize : scale every input dimension to zero mean / unit variance (training statistics
+        over all valid instances) before the network.
+    max_iter, tol : iterations (ADMM) or epochs (Adam) and the stopping tolerance.
+    rho, mu, rho_max : ADMM penalty, its growth factor and cap (``rho <- min(mu rho, rho_max)``).
+    inner_steps : passes over the data per ADMM W-step.
+    learning_rate : Adam step size (ADMM W-step and the Adam solver).
+    batch_size : mini-batch size (``None``: full batches).
+    newton_iter : L-BFGS iterations of the U/Theta steps with ``loss="softmax"``.
+    random_state : seed of the weight initialisation and batch order.
+    verbose : print one line per iteration.
+    """
+
+    def __init__(self, dim=64, window=1, alpha=1.0, beta=1.0, gamma=1e-4, solver="admm",
+                 loss="squared", activation="relu", hidden=(), pad_short=False, standardize=True,
+                 max_iter=100, tol=1e-4, rho=1.0, mu=1.05, rho_max=100.0, inner_steps=2,
+                 learning_rate=1e-2, batch_size=1024, newton_iter=20, random_state=None,
+                 verbose=False):
+        self.dim = dim
+        self.window = window
+        self.alpha = alpha
+        self.beta = beta
+        self.gamma = gamma
+        self.solver = solver
+        self.loss = loss
+        self.activation = activation
+        self.hidden = hidden
+        self.pad_short = pad_short
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.tol = tol
+        self.rho = rho
+        self.mu = mu
+        self.rho_max = rho_max
+        self.inner_steps = inner_steps
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.newton_iter = newton_iter
+        self.random_state = random_state
+        self.verbose = verbose
+
+    _PARAMS = ("dim", "window", "alpha", "beta", "gamma", "solver", "loss", "activation",
+               "hidden", "pad_short", "standardize", "max_iter", "tol", "rho", "mu", "rho_max",
+               "inner_steps", "learning_rate", "batch_size", "newton_iter", "random_state",
+               "verbose")
+
+    def get_params(self, deep=True):
+        return {p: getattr(self, p) for p in self._PARAMS}
+
+    def set_params(self, **params):
+        for k, v in params.items():
+            if k not in self._PARAMS:
+                raise InputError(f"unknown parameter {k!r}")
+            setattr(self, k, v)
+        return self
+
+    # ------------------------------------------------------------------------------------
+    def fit(self, X: dict, labels: dict | None = None, relevance=None, callback=None):
+        """Learn the networks from ``X = {modality: sequences}`` (see
+        :mod:`commonspace.learning.sequences` for the accepted forms).
+
+        labels : dict modality -> (n_k,) class labels (any hashable values); modalities may
+            be left out (no label term for them).
+        relevance : None, "labels", "pairs" or ``{(k, k'): (n_k, n_k') matrix}``; see
+            :func:`commonspace.learning.relevance.build_relevance`.
+        callback : optional ``callback(model, iteration)`` after every iteration (its time is
+            not counted in ``history_[i]["seconds"]``).
+        """
+        self._check_params()
+        if not isinstance(X, dict) or len(X) < 2:
+            raise InputError("X must be a dict {modality: sequences} with at least 2 modalities")
+        names = [str(k) for k in X]
+        if len(set(names)) != len(names):
+            raise InputError("modality names must be distinct strings")
+        windows = self._windows(names)
+        data, stats, n_features, sizes = {}, {}, {}, {}
+        for k in X:
+            padded, lengths = as_padded(X[k], name=f"X[{k!r}]")
+            padded, lengths = fit_window(padded, lengths, windows[str(k)], self.pad_short,
+                                         name=f"X[{k!r}]")
+            mean, scale = _standardizer(padded, lengths, self.standardize)
+            k = str(k)
+            stats[k] = (mean, scale)
+            n_features[k] = padded.shape[2]
+            sizes[k] = padded.shape[0]
+            data[k] = (torch.from_numpy(_apply(padded, lengths, mean, scale)),
+                       torch.from_numpy(lengths))
+        enc_labels, classes = self._encode_labels(labels, sizes)
+        rel = build_relevance(sizes, enc_labels, relevance, len(classes))
+        problem = Problem(sizes, rel, enc_labels, len(classes), self.alpha, self.beta, self.loss)
+        rng = check_random_state(self.random_state)
+        torch.manual_seed(int(rng.integers(2**31)))
+        nets = {k: SequenceCNN(n_features[k], self.dim, windows[k], self.activation,
+                               tuple(self.hidden)) for k in names}
+
+        self.modalities_ = names
+        self.window_ = windows
+        self.n_features_ = n_features
+        self.mean_ = {k: s[0] for k, s in stats.items()}
+        self.scale_ = {k: s[1] for k, s in stats.items()}
+        self.classes_ = classes
+        self.nets_ = nets
+
+        def cb(it, theta):
+            self.theta_ = theta.astype(np.float32)
+            if callback is not None:
+                callback(self, it)
+
+        progress = _printer(self.solver) if self.verbose else None
+        common = dict(gamma=float(self.gamma), max_iter=int(self.max_iter), tol=float(self.tol),
+                      learning_rate=float(self.learning_rate), batch_size=self.batch_size,
+                      rng=rng, callback=cb, progress=progress)
+        for net in nets.values():
+            net.train()
+        if self.solver == "admm":
+            from commonspace.learning.admm import solve_admm
+
+            theta, history = solve_admm(problem, nets, data, rho=float(self.rho),
+                                        mu=float(self.mu), rho_max=float(self.rho_max),
+                                        inner_steps=int(self.inner_steps), **common)
+        else:
+            from commonspace.learning.adam import solve_adam
+
+            theta, history = solve_adam(problem, nets, data, **common)
+        for net in nets.values():
+            net.eval()
+        self.theta_ = theta.astype(np.float32)
+        self.history_ = history
+        self.n_iter_ = len(history)
+        return self
+
+    def transform(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Common-space vectors ``(n, dim)`` float32 of sequences of a fitted ``modality``."""
+        check_is_fitted(self, "nets_")
+        if modality not in self.nets_:
+            raise InputError(f"modality {modality!r} was not fitted; fitted modalities: "
+                             f"{self.modalities_}")
+        padded, lengths = as_padded(seqs, name=f"sequences of {modality!r}", lengths=lengths,
+                                    n_features=self.n_features_[modality])
+        padded, lengths = fit_window(padded, lengths, self.window_[modality], self.pad_short,
+                                     name=f"sequences of {modality!r}")
+        x = _apply(padded, lengths, self.mean_[modality], self.scale_[modality])
+        out = forward_batched(self.nets_[modality], torch.from_numpy(x),
+                              torch.from_numpy(lengths))
+        return out.numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the fitted model (parameters, weights, statistics, history) atomically."""
+        check_is_fitted(self, "nets_")
+        params = self.get_params()
+        params["hidden"] = list(params["hidden"])
+        if isinstance(params["random_state"], np.random.Generator):
+            params["random_state"] = None
+        state = {
+            "format": "commonspace.CrossModelCNN/1",
+            "params": params,
+            "modalities": list(self.modalities_),
+            "window": dict(self.window_),
+            "n_features": dict(self.n_features_),
+            "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes_],
+            "theta": torch.from_numpy(self.theta_),
+            "mean": {k: torch.from_numpy(v) for k, v in self.mean_.items()},
+            "scale": {k: torch.from_numpy(v) for k, v in self.scale_.items()},
+            "nets": {k: net.state_dict() for k, net in self.nets_.items()},
+            "history": self.history_,
+        }
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+        return path
+
+    @classmethod
+    def load(cls, path) -> CrossModelCNN:
+        """Read a model written by :meth:`save`."""
+        path = Path(path)
+        if not path.exists():
+            raise MissingFileError(f"model file not found: {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise InputError(f"{path} is not a CrossModelCNN file: {exc}") from exc
+        if not isinstance(state, dict) or state.get("format") != "commonspace.CrossModelCNN/1":
+            raise InputError(f"{path} is not a CrossModelCNN file")
+        params = state["params"]
+        params["hidden"] = tuple(params["hidden"])
+        model = cls(**params)
+        model.modalities_ = list(state["modalities"])
+        model.window_ = dict(state["window"])
+        model.n_features_ = dict(state["n_features"])
+        model.classes_ = np.array(state["classes"])
+        model.theta_ = state["theta"].numpy()
+        model.mean_ = {k: v.numpy() for k, v in state["mean"].items()}
+        model.scale_ = {k: v.numpy() for k, v in state["scale"].items()}
+        model.nets_ = {}
+        for k in model.modalities_:
+            net = SequenceCNN(model.n_features_[k], params["dim"], model.window_[k],
+                              params["activation"], params["hidden"])
+            net.load_state_dict(state["nets"][k])
+            net.eval()
+            model.nets_[k] = net
+        model.history_ = state["history"]
+        model.n_iter_ = len(model.history_)
+        return model
+
+    # ------------------------------------------------------------------------------------
+    def _check_params(self):
+        check_choice(self.solver, "solver", SOLVERS)
+        check_choice(self.loss, "loss", LOSSES)
+        check_choice(self.activation, "activation", ACTIVATIONS)
+        if not (isinstance(self.dim, (int, np.integer)) and self.dim >= 1):
+            raise InputError(f"dim must be a positive integer, got {self.dim!r}")
+        for name in ("alpha", "beta", "gamma"):
+            v = getattr(self, name)
+            if not (np.isscalar(v) and math.isfinite(v) and v >= 0):
+                raise InputError(f"{name} must be a finite number >= 0, got {v!r}")
+        if not (self.rho > 0 and self.mu >= 1 and self.rho_max >= self.rho):
+            raise InputError("need rho > 0, mu >= 1 and rho_max >= rho")
+        if self.max_iter < 1:
+            raise InputError(f"max_iter must be >= 1, got {self.max_iter}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+
+    def _windows(self, names):
+        if isinstance(self.window, dict):
+            unknown = set(map(str, self.window)) - set(names)
+            if unknown:
+                raise InputError(f"window given for unknown modalities {sorted(unknown)}")
+            w = {k: self.window.get(k, 1) for k in names}
+        else:
+            w = {k: self.window for k in names}
+        for k, h in w.items():
+            if not (isinstance(h, (int, np.integer)) and h >= 1):
+                raise InputError(f"window of {k!r} must be a positive integer, got {h!r}")
+        return {k: int(h) for k, h in w.items()}
+
+    def _encode_labels(self, labels, sizes):
+        if not labels:
+            return None, np.array([])
+        if not isinstance(labels, dict):
+            raise InputError("labels must be a dict {modality: (n,) labels}")
+        unknown = set(labels) - set(sizes)
+        if unknown:
+            raise InputError(f"labels given for unknown modalities {sorted(unknown)}")
+        arrays = {}
+        for k, y in labels.items():
+            y = np.asarray(y)
+            if y.ndim != 1:
+                raise InputError(f"labels[{k!r}] must be 1-D, got shape {y.shape}")
+            if len(y) != sizes[k]:
+                raise InputError(f"labels[{k!r}] has {len(y)} entries but X[{k!r}] has "
+                                 f"{sizes[k]} sequences; they must match")
+            if y.dtype.kind == "f" and not np.isfinite(y).all():
+                raise InputError(f"labels[{k!r}] contains NaN or Inf values")
+            arrays[k] = y
+        classes = np.unique(np.concatenate(list(arrays.values())))
+        enc = {k: np.searchsorted(classes, y).astype(np.int64) for k, y in arrays.items()}
+        return enc, classes
+
+
+def _standardizer(padded, lengths, enabled):
+    d = padded.shape[2]
+    if not enabled:
+        return np.zeros(d, np.float32), np.ones(d, np.float32)
+    valid = np.arange(padded.shape[1])[None, :] < lengths[:, None]
+    inst = padded[valid]
+    mean = inst.mean(axis=0)
+    std = inst.std(axis=0)
+    return mean.astype(np.float32), np.where(std > 1e-8, std, 1.0).astype(np.float32)
+
+
+def _apply(padded, lengths, mean, scale):
+    valid = np.arange(padded.shape[1])[None, :] < lengths[:, None]
+    out = (padded - mean) / scale
+    return np.where(valid[:, :, None], out, 0.0).astype(np.float32)
+
+
+def _printer(solver):
+    def show(h):
+        print(f"[{solver}] iter {h['iteration']:4d}  objective {h['objective']:.5f}  "
+              f"relevance {h['relevance']:.5f}  label {h['label']:.5f}  "
+              f"primal {h['primal_residual']:.2e}  {h['seconds']:.1f}s", flush=True)
+    return show

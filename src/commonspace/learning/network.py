@@ -1,0 +1,60 @@
+"""The per-modality CNN ``F^k``: windowed convolution, activation, masked max-pool over windows.
+
+Item ``i`` of length ``m_i`` has windows ``z_il`` (``l = 0 .. m_i - h``) of ``h`` consecutive
+``d``-dim instances; ``u_i = max_l act(W^T z_il + b)`` in ``R^dim``. The window convolution is a
+``Conv1d`` with kernel ``h``; windows that reach into the padding are masked out of the max.
+Optional ``hidden`` widths insert extra layers between the window convolution and the output,
+applied to every window (1x1 convolutions with the same activation) before the max-pool.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+class SequenceCNN(nn.Module):
+    """``(n, m, d)`` padded float32 + ``(n,)`` lengths -> ``(n, dim)`` common-space vectors."""
+
+    def __init__(self, n_features: int, dim: int, window: int, activation: str = "relu",
+                 hidden: tuple = ()):
+        super().__init__()
+        self.window = int(window)
+        self.activation = activation
+        widths = [int(w) for w in hidden] + [int(dim)]
+        layers = [nn.Conv1d(n_features, widths[0], kernel_size=self.window)]
+        for a, b in zip(widths[:-1], widths[1:], strict=False):
+            layers.append(nn.Conv1d(a, b, kernel_size=1))
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        act = ACTIVATIONS[self.activation]
+        h = x.transpose(1, 2)  # (n, d, m)
+        for layer in self.layers:
+            h = act(layer(h))  # (n, c, m - window + 1)
+        n_windows = lengths - self.window + 1
+        valid = torch.arange(h.shape[2], device=h.device)[None, :] < n_windows[:, None]
+        h = h.masked_fill(~valid[:, None, :], float("-inf"))
+        return h.max(dim=2).values
+
+    def weight_norm2(self) -> torch.Tensor:
+        """``sum ||W||^2`` over the layers' weights (biases are not penalised)."""
+        return sum((layer.weight ** 2).sum() for layer in self.layers)
+
+
+def forward_batched(net: SequenceCNN, x, lengths, batch_size: int = 4096) -> torch.Tensor:
+    """Evaluate ``net`` without gradients in batches; returns ``(n, dim)`` float32."""
+    outs = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            xb, lb = x[s:s + batch_size], lengths[s:s + batch_size]
+            # Only the batch's own maximal length matters: trims padding for speed.
+            outs.append(net(xb[:, : int(lb.max())], lb))
+    return torch.cat(outs)
