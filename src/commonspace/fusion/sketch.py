@@ -37,7 +37,7 @@ def draw_projection(rng: np.random.Generator, dim: int, n_components: int,
     elif distribution == "gaussian":
         U = rng.standard_normal(shape)
     else:
-        U = rng.integers(0, 2, size=shape) * 2.0 - 1.0
+        U = rng.integers(0, 2, size=shape, dtype=np.int8) * np.int8(2) - np.int8(1)
     return U.astype(np.float32)
 
 
