@@ -3,7 +3,7 @@
 Forms: ``st:NAME`` (sentence-transformers), ``openclip:ARCH/TAG`` or ``openclip:/local/dir``,
 ``hf:NAME`` (transformers vision model, e.g. DINOv2), or a bare local folder whose files say
 which library saved it (``open_clip_config.json``; ``modules.json``; ``config.json`` +
-``preprocessor_config.json``).
+``preprocessor_config.json``). ``mfcc`` gives MFCC sequences of audio files.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ PREFIXES = ("st", "openclip", "hf")
 FORMS = (
     "st:NAME (e.g. st:all-MiniLM-L6-v2, st:intfloat/e5-base-v2), "
     "openclip:ARCH/TAG (e.g. openclip:ViT-B-32/openai) or openclip:/local/dir, "
-    "hf:NAME (e.g. hf:facebook/dinov2-base), or a local model folder"
+    "hf:NAME (e.g. hf:facebook/dinov2-base), a local model folder, or mfcc (audio)"
 )
 
 
@@ -54,6 +54,10 @@ def load_encoder(name: str, device=None, precision: str = "auto", **options):
     """
     if not isinstance(name, str) or not name.strip():
         raise ModelNotAvailableError(f"a model name must be a non-empty string; use {FORMS}")
+    if name == "mfcc":
+        from commonspace.encoders.mfcc import MFCCFeatures
+
+        return MFCCFeatures(**options)
     prefix, sep, spec = name.partition(":")
     if not sep or prefix not in PREFIXES:
         if Path(name).is_dir():
