@@ -56,12 +56,17 @@ def register(subparsers):
                    help="width of each sketch block (default 4096)")
     p.add_argument("--C", default=argparse.SUPPRESS, type=float,
                    help="weight of the cross-modal kernel (default 1)")
-    p.add_argument("--kernel", default=argparse.SUPPRESS, choices=["cosine", "linear", "rbf"], help="default cosine")
-    p.add_argument("--projection", default=argparse.SUPPRESS, choices=["uniform", "gaussian", "rademacher"],
+    p.add_argument("--kernel", default=argparse.SUPPRESS,
+                   choices=["cosine", "linear", "rbf"], help="default cosine")
+    p.add_argument("--projection", default=argparse.SUPPRESS,
+                   choices=["uniform", "gaussian", "rademacher"],
                    help="projection entries (default uniform)")
-    p.add_argument("--bandwidth", default=argparse.SUPPRESS, type=float, help="RBF width (default: median heuristic)")
-    p.add_argument("--n-fourier-features", default=argparse.SUPPRESS, type=int, help="RBF frequencies (default 1024)")
-    p.add_argument("--seed", default=argparse.SUPPRESS, type=int, help="random seed of the fuser (default 0)")
+    p.add_argument("--bandwidth", default=argparse.SUPPRESS,
+                   type=float, help="RBF width (default: median heuristic)")
+    p.add_argument("--n-fourier-features", default=argparse.SUPPRESS,
+                   type=int, help="RBF frequencies (default 1024)")
+    p.add_argument("--seed", default=argparse.SUPPRESS,
+                   type=int, help="random seed of the fuser (default 0)")
     p.add_argument("--float16", action="store_true", help="write float16 output")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per chunk")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
