@@ -21,9 +21,10 @@ class MFCCFeatures:
 
     modalities = ("audio",)
 
-    def __init__(self, sr: int = 8000, n_mfcc: int = 13):
+    def __init__(self, sr: int = 8000, n_mfcc: int = 13, **mfcc_options):
         self.sr = sr
         self.n_mfcc = n_mfcc
+        self.mfcc_options = mfcc_options  # n_fft, hop_length, n_mels, trim_db (see audio.py)
         self.name = "mfcc"
         self.dim = n_mfcc
 
@@ -32,7 +33,8 @@ class MFCCFeatures:
 
     @property
     def preprocessing(self) -> dict:
-        return {"features": "mfcc_sequence", "sr": self.sr, "n_mfcc": self.n_mfcc}
+        return {"features": "mfcc_sequence", "sr": self.sr, "n_mfcc": self.n_mfcc,
+                **self.mfcc_options}
 
     @property
     def fingerprint(self) -> str:
@@ -48,7 +50,8 @@ class MFCCFeatures:
 
         out = []
         for path in paths:
-            seq = np.asarray(mfcc_sequence(path, sr=self.sr, n_mfcc=self.n_mfcc), dtype=np.float32)
+            seq = np.asarray(mfcc_sequence(path, sr=self.sr, n_mfcc=self.n_mfcc,
+                                                **self.mfcc_options), dtype=np.float32)
             if seq.ndim != 2 or seq.shape[1] != self.n_mfcc:
                 raise InputError(f"{path}: MFCC sequence has shape {seq.shape}, expected (frames, {self.n_mfcc})")
             out.append(seq)
