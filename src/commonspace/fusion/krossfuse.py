@@ -313,7 +313,8 @@ class KrossFuse:
         """
         check_is_fitted(self, "blocks_")
         names, arrays = self._inputs(modality, cross, expert)
-        tensors, like = to_torch(arrays, names, [self.input_dims_[n] for n in names])
+        labels = [n if n == "cross" else f"expert {n}" for n in names]
+        tensors, like = to_torch(arrays, labels, [self.input_dims_[n] for n in names])
         import torch
 
         n = tensors[0].shape[0]

@@ -1,0 +1,219 @@
+"""KrossFuse persistence, streaming, bad input and the `commonspace fuse` command.
+
+Real data: the COCO CLIP pairs (../shared/data/coco_clip_pairs); the expert is a stand-in
+(a fixed random nonlinear map of the CLIP features), since no DINOv2 features are available.
+"""
+
+import numpy as np
+import pytest
+
+from commonspace.cli.main import main
+from commonspace.data import load_coco_clip_pairs
+from commonspace.exceptions import InputError, MissingFileError, NotFittedError
+from commonspace.fusion import KrossFuse, transform_to_npy
+from commonspace.io import save_parquet
+
+
+@pytest.fixture(scope="module")
+def coco():
+    images, captions = load_coco_clip_pairs()
+    rng = np.random.default_rng(7)
+    expert = np.tanh(images @ rng.standard_normal((512, 48))).astype(np.float32)
+    return images, captions, expert
+
+
+def _no_temp_files(folder):
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(method="rp"), dict(method="tensorsketch"), dict(method="paper"),
+    dict(method="exact", expert_dims={"image": 4}),
+    dict(method="rp", kernel="rbf", bandwidth={"cross": 1.0, "image:0": 3.0}),
+    dict(method="rp", projection="rademacher", C=2.5)], ids=str)
+def test_save_load_gives_identical_outputs(tmp_path, coco, kwargs):
+    images, captions, expert = coco
+    params = dict(cross_dim=512, expert_dims={"image": 48}, n_components=256, random_state=3)
+    params.update(kwargs)
+    fuser = KrossFuse(**params).fit()
+    e = expert[:, :params["expert_dims"]["image"]]
+    before = fuser.transform("image", images, e), fuser.transform("text", captions)
+    loaded = KrossFuse.load(fuser.save(tmp_path / "f.npz"))
+    assert loaded.get_params() == fuser.get_params()
+    assert loaded.n_features_out_ == fuser.n_features_out_
+    np.testing.assert_array_equal(loaded.transform("image", images, e), before[0])
+    np.testing.assert_array_equal(loaded.transform("text", captions), before[1])
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(MissingFileError, match="not found"):
+        KrossFuse.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(InputError, match="not a saved KrossFuse"):
+        KrossFuse.load(tmp_path / "other.npz")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return KrossFuse(cross_dim=512, expert_dims={"image": 48}, n_components=64).fit()
+
+
+def _with(a, row, col, value):
+    a = a.copy()
+    a[row, col] = value
+    return a
+
+
+@pytest.mark.parametrize("case,match", [
+    (lambda x, t, e: ("image", x[:, :500], e), "cross has 500 columns, expected 512"),
+    (lambda x, t, e: ("image", x, e[:, :40]), "expert image:0 has 40 columns, expected 48"),
+    (lambda x, t, e: ("image", x, e[:499]), "500 rows but .* 499"),
+    (lambda x, t, e: ("image", _with(x, 3, 0, np.nan), e), "cross contains NaN or Inf"),
+    (lambda x, t, e: ("image", x, _with(e, 9, 2, np.inf)), "contains NaN or Inf"),
+    (lambda x, t, e: ("image", x[:0], e[:0]), "empty"),
+    (lambda x, t, e: ("audio", x, e), "unknown modality 'audio'"),
+    (lambda x, t, e: ("text", t, e), "has no expert"),
+    (lambda x, t, e: ("image", x, None), "needs 1 expert"),
+    (lambda x, t, e: ("image", None, e), "cross .* is required"),
+    (lambda x, t, e: ("image", _with(x, 0, slice(None), 0.0), e), "all-zero rows"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_input_gets_one_clear_error(coco, fitted, case, match):
+    modality, cross, expert = case(*coco)
+    with pytest.raises(InputError, match=match):
+        fitted.transform(modality, cross, expert)
+
+
+def test_transform_before_fit():
+    with pytest.raises(NotFittedError, match="call fit"):
+        KrossFuse(cross_dim=512).transform("text", np.ones((2, 512), np.float32))
+
+
+@pytest.mark.parametrize("params,match", [
+    (dict(method="sparse"), "unknown method"),
+    (dict(kernel="poly"), "unknown kernel"),
+    (dict(C=0), "C must be a positive"),
+    (dict(n_components=0), "n_components must be a positive"),
+    (dict(expert_dims={"image": [768, 384]}, method="exact"), "method=.exact. would give"),
+    (dict(kernel="rbf"), "needs a bandwidth for 'cross'"),
+    (dict(cross_dim=None, expert_dims={"a": 3}), "list of dims"),
+    (dict(expert_dims={"audio": 8}, modalities=["image", "text"]), "not in"),
+], ids=str)
+def test_bad_parameters(params, match):
+    full = dict(cross_dim=512, expert_dims={"image": 48})
+    full.update(params)
+    with pytest.raises(InputError, match=match):
+        KrossFuse(**full).fit()
+
+
+def test_streaming_from_memmap_and_shards_matches_in_memory(tmp_path, coco):
+    images, _, expert = coco
+    fuser = KrossFuse(cross_dim=512, expert_dims={"image": 48}, n_components=128).fit()
+    expect = fuser.transform("image", images, expert)
+    np.save(tmp_path / "x.npy", images)
+    np.save(tmp_path / "e.npy", expert)
+    out = transform_to_npy(fuser, tmp_path / "z.npy", modality="image",
+                           cross=np.load(tmp_path / "x.npy", mmap_mode="r"),
+                           expert=np.load(tmp_path / "e.npy", mmap_mode="r"), batch_size=64,
+                           progress=False)
+    assert isinstance(out, np.memmap) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expect, atol=1e-6)
+    np.save(tmp_path / "x0.npy", images[:123])
+    np.save(tmp_path / "x1.npy", images[123:])
+    half = transform_to_npy(fuser, tmp_path / "h.npy", modality="image",
+                            cross=[tmp_path / "x0.npy", tmp_path / "x1.npy"],
+                            expert=tmp_path / "e.npy", batch_size=100, dtype="float16",
+                            progress=False)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half, expect, atol=2e-3)
+    assert _no_temp_files(tmp_path)
+
+
+def test_streaming_failure_leaves_no_output(tmp_path, coco):
+    images, _, expert = coco
+    fuser = KrossFuse(cross_dim=512, expert_dims={"image": 48}, n_components=64).fit()
+    bad = _with(images, 450, 5, np.nan)  # found only in the last chunk
+    with pytest.raises(InputError, match="NaN"):
+        transform_to_npy(fuser, tmp_path / "z.npy", modality="image", cross=bad, expert=expert,
+                         batch_size=100, progress=False)
+    assert not (tmp_path / "z.npy").exists() and _no_temp_files(tmp_path)
+
+
+@pytest.fixture
+def files(tmp_path, coco):
+    images, captions, expert = coco
+    np.save(tmp_path / "img_clip.npy", images)
+    np.save(tmp_path / "img_expert.npy", expert)
+    save_parquet(tmp_path / "txt_clip.parquet", captions, id=list(range(len(captions))))
+    return tmp_path
+
+
+def test_cli_fuses_both_modalities_with_one_fuser(files, coco):
+    images, captions, expert = coco
+    common = ["--fuser", str(files / "f.npz"), "--no-progress"]
+    assert main(["fuse", "--cross", str(files / "img_clip.npy"), "--expert",
+                 str(files / "img_expert.npy"), "--modality", "image", "--n-components", "256",
+                 "--C", "0.5", "--out", str(files / "zi.npy"), "--batch-size", "99",
+                 *common]) == 0
+    assert main(["fuse", "--cross", str(files / "txt_clip.parquet"), "--modality", "text",
+                 "--out", str(files / "zt.parquet"), *common]) == 0
+    from commonspace.io import load_embeddings
+
+    zi, zt = np.load(files / "zi.npy"), load_embeddings(files / "zt.parquet")
+    fuser = KrossFuse.load(files / "f.npz")
+    assert fuser.C == 0.5 and fuser.n_components == 256
+    np.testing.assert_allclose(zi, fuser.transform("image", images, expert), atol=1e-6)
+    # one expert in the fuser: cross-modal similarity = C * CLIP cosine, computed directly
+    xn = images / np.linalg.norm(images, axis=1, keepdims=True)
+    tn = captions / np.linalg.norm(captions, axis=1, keepdims=True)
+    np.testing.assert_allclose(zi.astype(np.float64) @ zt.T, 0.5 * xn @ tn.T, atol=1e-5)
+    assert _no_temp_files(files)
+
+
+def test_cli_rejects_options_that_a_saved_fuser_fixes(files, capsys):
+    args = ["fuse", "--cross", str(files / "img_clip.npy"), "--modality", "image", "--out",
+            str(files / "z.npy"), "--fuser", str(files / "f.npz"), "--no-progress"]
+    assert main(args + ["--n-components", "64"]) == 0
+    assert main(args + ["--method", "paper"]) == 2
+    assert "--method: fixed by the saved fuser" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: np.save(p / "bad.npy", np.zeros((2, 3, 4))), "not an embedding matrix"),
+    (lambda p: (p / "bad.npy").write_text("hello"), "not a readable .npy"),
+    (lambda p: np.save(p / "bad.npy", np.zeros((7, 512))), "500 rows but .* 7"),
+    (lambda p: np.save(p / "bad.npy", np.array([["a"] * 512] * 500)), "not an embedding"),
+])
+def test_cli_reports_bad_files_in_one_line(files, capsys, make, match):
+    make(files)
+    code = main(["fuse", "--cross", str(files / "img_clip.npy"), "--expert",
+                 str(files / "bad.npy"), "--modality", "image", "--n-components", "64",
+                 "--out", str(files / "z.npy"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert __import__("re").search(match, err)
+    assert not (files / "z.npy").exists()
+
+
+def test_cli_missing_file_and_unknown_modality(files, capsys):
+    base = ["fuse", "--out", str(files / "z.npy"), "--no-progress"]
+    assert main(base + ["--cross", str(files / "nope.npy"), "--modality", "image"]) == 3
+    assert main(base + ["--cross", str(files / "img_clip.npy")]) == 2
+    assert "--modality is required" in capsys.readouterr().err
+
+
+def test_interrupted_cli_run_leaves_no_output(files, monkeypatch):
+    calls = {"n": 0}
+    real = KrossFuse.transform
+
+    def interrupt_on_third_chunk(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(KrossFuse, "transform", interrupt_on_third_chunk)
+    code = main(["fuse", "--cross", str(files / "img_clip.npy"), "--expert",
+                 str(files / "img_expert.npy"), "--modality", "image", "--n-components", "64",
+                 "--batch-size", "50", "--out", str(files / "z.npy"), "--no-progress"])
+    assert code == 130 and calls["n"] == 3
+    assert not (files / "z.npy").exists() and _no_temp_files(files)
