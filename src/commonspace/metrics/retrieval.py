@@ -251,7 +251,7 @@ def average_precision_from_scores(
     k = _check_k(k, s.shape[1])
     if ties == "sklearn" and k is not None:
         raise InputError("ties='sklearn' is defined for mAP@all only; use k=None")
-    keys = _rank_block(s, k)
+    keys = _rank_block(s.copy(), k)  # rank_keys overwrites its input
     rel = np.take_along_axis(rel_full, key_index(keys), axis=1)
     return _ap_from_sorted(keys, rel, rel_full.sum(axis=1), k, ties, k_normalizer)
 
