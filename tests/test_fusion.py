@@ -10,9 +10,10 @@ directly from the embeddings (numpy / scipy), never by the code under test.
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics.pairwise import euclidean_distances, rbf_kernel
 
 from commonspace.data import load_coco_clip_pairs
-from commonspace.fusion import KrossFuse, RandomProjectionSketch, TensorSketch, gaussian_kernel
+from commonspace.fusion import KrossFuse, RandomProjectionSketch, TensorSketch
 
 
 def _normalize(a):
@@ -24,6 +25,18 @@ def _stand_in_expert(x, dim, seed):
     rng = np.random.default_rng(seed)
     return np.tanh(3.0 * _normalize(x) @ rng.standard_normal((x.shape[1], dim))
                    / np.sqrt(x.shape[1])).astype(np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # Tests run two pytest-xdist workers on two cores: a second OpenMP thread per worker only
+    # oversubscribes them (small matmuls then wait on busy cores). Restored after each test.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +63,10 @@ def _recall_at(sim, k):
 
 
 def _gram(a, b=None):
-    a = np.asarray(a, np.float64)
-    return a @ (a if b is None else np.asarray(b, np.float64)).T
+    """Inner products in float64 (torch's single-threaded GEMM; same numbers as numpy's)."""
+    a = torch.as_tensor(np.asarray(a, np.float64))
+    b = a if b is None else torch.as_tensor(np.asarray(b, np.float64))
+    return (a @ b.T).numpy()
 
 
 def test_exact_reproduces_the_three_kernel_identities(coco):
@@ -200,13 +215,14 @@ def test_rbf_fused_features_meet_the_hoeffding_bound(coco):
     r = 2048
     fuser = KrossFuse(cross_dim=None, expert_dims=[512, 12], kernel="rbf", method="rp",
                       n_components=2 * r, random_state=0).fit(experts=[x, e])
-    for name, a in (("0", x), ("1", e)):  # median heuristic, recomputed by brute force
-        d = np.sqrt(((a[:, None, :].astype(np.float64) - a[None]) ** 2).sum(-1))
+    for name, a in (("0", x), ("1", e)):  # median heuristic, recomputed independently
+        d = euclidean_distances(a.astype(np.float64))
         assert fuser.bandwidths_[name] == pytest.approx(
             np.median(d[np.triu_indices(len(a), 1)]), rel=1e-6)
     Z = fuser.transform(expert=[x, e])
-    exact = gaussian_kernel(x, x, fuser.bandwidths_["0"]) * gaussian_kernel(
-        e, e, fuser.bandwidths_["1"])
+    exact = np.ones((200, 200))
+    for name, a in (("0", x), ("1", e)):
+        exact *= rbf_kernel(a.astype(np.float64), gamma=0.5 / fuser.bandwidths_[name] ** 2)
     n_pairs = 200 * 201 // 2
     delta = 0.01  # union bound over all pairs: P(max error > bound) <= delta
     bound = np.sqrt(2 * np.log(2 * n_pairs / delta) / r)

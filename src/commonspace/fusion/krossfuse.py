@@ -294,7 +294,7 @@ class KrossFuse:
                                                         self.projection)
 
     # ------------------------------------------------------------ transform
-    def transform(self, modality=None, cross=None, expert=None, *, batch_size: int = 4096):
+    def transform(self, modality=None, cross=None, expert=None, *, batch_size: int = 2048):
         """Fuse one modality's embeddings.
 
         Parameters
@@ -321,9 +321,10 @@ class KrossFuse:
         out = torch.empty((n, self.n_features_out_), dtype=torch.float32,
                           device=tensors[0].device)
         step = max(1, int(batch_size))
+        work = {}  # (step, l) buffers reused by every chunk: no allocation per chunk
         for start in range(0, n, step):
             rows = {name: t[start:start + step] for name, t in zip(names, tensors, strict=True)}
-            self._fuse_rows(modality, rows, out[start:start + step])
+            self._fuse_rows(modality, rows, out[start:start + step], work)
         return from_torch(out, like)
 
     def _inputs(self, modality, cross, expert):
@@ -367,7 +368,7 @@ class KrossFuse:
             return X
         return fourier_features(X, self._tensor(f"fourier/{name}", X.device))
 
-    def _fuse_rows(self, modality, rows, out):
+    def _fuse_rows(self, modality, rows, out, work):
         import torch
 
         dev = out.device
@@ -377,6 +378,12 @@ class KrossFuse:
             if name not in feats:
                 feats[name] = self._features(name, rows[name])
             return feats[name]
+
+        def buffer(i):
+            key = ("buf", i)
+            if key not in work:
+                work[key] = torch.empty(out.shape[0], self.n_components, device=dev)
+            return work[key][:out.shape[0]]
 
         for b, block in enumerate(self.blocks_):
             sl = out[:, block["start"]:block["stop"]]
@@ -397,18 +404,27 @@ class KrossFuse:
                 torch.mul(torch.cos(theta), c, out=sl[:, :half])
                 torch.mul(torch.sin(theta), c, out=sl[:, half:])
             else:
-                fs = [f(m) for m in members]
+                # Each row is rescaled to its exact norm below, so constant row factors (the
+                # cosine normalisation, 1/sqrt(l)) cancel and are skipped here.
+                fs = [rows[m] if self.kernel == "cosine" else f(m) for m in members]
                 if self.method == "rp":
-                    z = projection_sketch(fs, [self._tensor(f"block{b}/{m}", dev)
-                                               for m in members])
+                    z = torch.matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev),
+                                     out=buffer(0))
+                    for x, m in zip(fs[1:], members[1:], strict=True):
+                        z.mul_(torch.matmul(x, self._tensor(f"block{b}/{m}", dev),
+                                            out=buffer(1)))
                 else:
                     z = tensor_sketch(fs, [self._tensor(f"block{b}/{m}/hash", dev)
                                            for m in members],
                                       [self._tensor(f"block{b}/{m}/sign", dev) for m in members],
                                       self.n_components)
-                target = scale * math.prod(x.norm(dim=1) for x in fs) if self.kernel != "cosine" \
-                    else torch.full((z.shape[0],), scale, device=dev)
-                norms = z.norm(dim=1)
+                if self.kernel == "cosine":
+                    for m in members:
+                        f(m)  # validates: no all-zero rows
+                    target = scale
+                else:
+                    target = scale * math.prod(x.norm(dim=1) for x in fs)
+                norms = torch.linalg.vector_norm(z, dim=1)
                 factor = torch.where(norms > 0, target / norms.clamp_min(1e-30),
                                      torch.zeros_like(norms))
                 torch.mul(z, factor[:, None], out=sl)
