@@ -135,7 +135,7 @@ def plot_similarity_histograms(
         )
     ax.set_xlabel("cosine similarity")
     ax.set_ylabel("density")
-    ax.set_title(title or f"cosine similarities (modality gap {stats['gap']:.3f})")
+    ax.set_title(f"{title or 'cosine similarities'} (modality gap {stats['gap']:.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
