@@ -391,7 +391,13 @@ class KrossFuse:
                 sl.zero_()
                 continue
             members, scale = block["members"], block["scale"]
-            if block["name"] == "cross" or self.method == "exact":
+            if block["name"] == "cross" and self.kernel == "cosine":
+                x = rows["cross"]  # normalise and scale in one pass
+                norms = torch.linalg.vector_norm(x, dim=1)
+                if not bool((norms > 0).all()):
+                    cosine_features(x, "cross")  # raises the all-zero-row error
+                torch.mul(x, (scale / norms)[:, None], out=sl)
+            elif block["name"] == "cross" or self.method == "exact":
                 torch.mul(kronecker([f(m) for m in members]), scale, out=sl)
             elif self.method == "paper":
                 self._paper_block(b, members, rows, f, sl)
@@ -419,8 +425,9 @@ class KrossFuse:
                                       [self._tensor(f"block{b}/{m}/sign", dev) for m in members],
                                       self.n_components)
                 if self.kernel == "cosine":
-                    for m in members:
-                        f(m)  # validates: no all-zero rows
+                    for x, m in zip(fs, members, strict=True):
+                        if not bool((torch.linalg.vector_norm(x, dim=1) > 0).all()):
+                            cosine_features(x, m)  # raises the all-zero-row error
                     target = scale
                 else:
                     target = scale * math.prod(x.norm(dim=1) for x in fs)
