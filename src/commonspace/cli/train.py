@@ -1,13 +1,216 @@
-"""`commonspace train` (placeholder until its issue lands)."""
+"""`commonspace train`: fit a CrossModelCNN from sequence files; write model, history, plot.
+
+Sequence files (one per modality, ``--modality NAME=PATH``):
+
+- ``.npy`` ``(n, d)``: plain vectors (sequences of length 1);
+- ``.npy`` ``(n, m, d)``: padded sequences, with ``--lengths NAME=lengths.npy`` ((n,) ints)
+  when items are shorter than ``m``;
+- ``.npz``: variable-length sequences, ``np.savez(path, *list_of_(m_i, d)_arrays)`` (keys
+  ``arr_0, arr_1, ...``), or keys ``padded`` (n, m, d) and ``lengths`` (n,).
+
+Labels: ``--labels NAME=labels.npy`` ((n,) ints or strings). Relevance: shared labels
+(default when every modality is labelled), ``--pairs`` (row i of every modality is one pair),
+or ``--relevance A,B=R.npy|R.npz`` (dense ``(n_A, n_B)`` .npy or ``scipy.sparse.save_npz``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
 
 from commonspace.cli._common import add_command
-from commonspace.exceptions import CommonspaceError
+from commonspace.exceptions import InputError, MissingFileError
+
+EXAMPLES = """
+  commonspace train --modality audio=mfcc.npz --modality image=rows.npy \\
+      --labels audio=y_audio.npy --labels image=y_image.npy \\
+      --window audio=5 --window image=3 --dim 64 --out model/
+  commonspace train --modality image=img.npy --modality text=txt.npy --pairs \\
+      --solver adam --max-iter 50 --out wiki_model/
+  commonspace train --modality a=a.npy --modality b=b.npy --relevance a,b=R.npz --out m/
+"""
 
 
 def register(subparsers):
-    p = add_command(subparsers, "train", help="(not implemented yet)", description="", examples="")
+    p = add_command(
+        subparsers, "train",
+        help="learn a common space for sequences of several modalities (cross-model CNN)",
+        description="Fit a CrossModelCNN (one CNN per modality, ADMM or Adam) from sequence "
+        "files and write model.pt, history.json and convergence.png into --out.\n\n"
+        "Files: .npy (n, d) vectors; .npy (n, m, d) padded (+ --lengths); .npz of "
+        "variable-length arrays (np.savez(path, *seqs)) or with keys padded/lengths.",
+        examples=EXAMPLES,
+    )
+    p.add_argument("--modality", action="append", required=True, metavar="NAME=PATH",
+                   help="sequences of one modality (repeat for each, at least two)")
+    p.add_argument("--lengths", action="append", default=[], metavar="NAME=PATH",
+                   help="(n,) lengths of a padded (n, m, d) .npy modality")
+    p.add_argument("--labels", action="append", default=[], metavar="NAME=PATH",
+                   help="(n,) class labels of a modality (.npy)")
+    p.add_argument("--relevance", action="append", default=[], metavar="A,B=PATH",
+                   help="explicit relevance matrix between modalities A and B (.npy or .npz)")
+    p.add_argument("--pairs", action="store_true",
+                   help="relevance by pairing: item i of every modality is one pair")
+    p.add_argument("--window", action="append", default=[], metavar="NAME=H",
+                   help="window length h of a modality (default 1)")
+    p.add_argument("--dim", type=int, default=64, help="common-space dimension")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of the relevance term")
+    p.add_argument("--beta", type=float, default=1.0, help="weight of the label term")
+    p.add_argument("--gamma", type=float, default=1e-4, help="weight decay")
+    p.add_argument("--solver", choices=("admm", "adam"), default="admm")
+    p.add_argument("--loss", choices=("squared", "softmax"), default="squared")
+    p.add_argument("--activation", choices=("relu", "tanh", "sigmoid", "identity"),
+                   default="relu")
+    p.add_argument("--hidden", type=int, nargs="*", default=[],
+                   help="widths of extra per-window layers")
+    p.add_argument("--pad-short", action="store_true",
+                   help="zero-pad sequences shorter than their window")
+    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--tol", type=float, default=1e-4)
+    p.add_argument("--rho", type=float, default=10.0, help="initial ADMM penalty")
+    p.add_argument("--mu", type=float, default=1.05, help="ADMM penalty growth factor")
+    p.add_argument("--rho-max", type=float, default=1000.0)
+    p.add_argument("--inner-steps", type=int, default=5, help="passes per ADMM W-step")
+    p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
+    p.add_argument("--batch-size", type=int, default=1024, help="0 = full batches")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
 
+def _pairs(values, what):
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise InputError(f"{what} expects NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        if not k or not val:
+            raise InputError(f"{what} expects NAME=VALUE, got {v!r}")
+        if k in out:
+            raise InputError(f"{what} given twice for {k!r}")
+        out[k] = val
+    return out
+
+
+def load_sequences(path, lengths_path=None):
+    """Read one modality's sequences: an array, ``(padded, lengths)`` or a list of arrays."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"sequence file not found: {path}")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+            if lengths_path is not None:
+                return arr, _load_npy(lengths_path)
+            return arr
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if "padded" in keys and "lengths" in keys:
+                    return z["padded"], z["lengths"]
+                if not keys or not all(re.fullmatch(r"arr_\d+", k) for k in keys):
+                    raise InputError(f"{path}: expected keys arr_0, arr_1, ... (np.savez(path, "
+                                     f"*seqs)) or padded/lengths, got {keys[:5]}")
+                return [z[f"arr_{i}"] for i in range(len(keys))]
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable sequence file: {exc}") from exc
+    raise InputError(f"{path}: unknown sequence file type {path.suffix!r}; use .npy or .npz")
+
+
+def _load_npy(path):
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"file not found: {path}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable .npy file: {exc}") from exc
+
+
+def _load_relevance(path):
+    path = Path(path)
+    if path.suffix == ".npz":
+        import scipy.sparse as sp
+
+        if not path.is_file():
+            raise MissingFileError(f"relevance file not found: {path}")
+        try:
+            return sp.load_npz(path)
+        except Exception as exc:
+            raise InputError(f"{path} is not a scipy.sparse .npz file: {exc}") from exc
+    return _load_npy(path)
+
+
 def run(args):
-    raise CommonspaceError("'train' is not implemented yet")
+    import json
+
+    from tqdm import tqdm
+
+    from commonspace.io import save_json
+    from commonspace.learning import CrossModelCNN
+    from commonspace.learning.plots import plot_convergence
+
+    mods = _pairs(args.modality, "--modality")
+    if len(mods) < 2:
+        raise InputError("give at least two --modality NAME=PATH")
+    lengths = _pairs(args.lengths, "--lengths")
+    for name, table in (("--lengths", lengths), ("--labels", _pairs(args.labels, "--labels")),
+                        ("--window", _pairs(args.window, "--window"))):
+        unknown = set(table) - set(mods)
+        if unknown:
+            raise InputError(f"{name} names unknown modalities {sorted(unknown)}")
+    X = {k: load_sequences(p, lengths.get(k)) for k, p in mods.items()}
+    labels = {k: _load_npy(p) for k, p in _pairs(args.labels, "--labels").items()} or None
+    windows = {}
+    for k, v in _pairs(args.window, "--window").items():
+        try:
+            windows[k] = int(v)
+        except ValueError:
+            raise InputError(f"--window {k}={v}: not an integer") from None
+    relevance = None
+    if args.relevance:
+        if args.pairs:
+            raise InputError("give either --pairs or --relevance, not both")
+        relevance = {}
+        for key, p in _pairs(args.relevance, "--relevance").items():
+            names = tuple(key.split(","))
+            if len(names) != 2:
+                raise InputError(f"--relevance expects A,B=PATH, got {key!r}")
+            relevance[names] = _load_relevance(p)
+    elif args.pairs:
+        relevance = "pairs"
+    model = CrossModelCNN(
+        dim=args.dim, window={k: windows.get(k, 1) for k in mods}, alpha=args.alpha,
+        beta=args.beta, gamma=args.gamma, solver=args.solver, loss=args.loss,
+        activation=args.activation, hidden=tuple(args.hidden), pad_short=args.pad_short,
+        max_iter=args.max_iter, tol=args.tol, rho=args.rho, mu=args.mu, rho_max=args.rho_max,
+        inner_steps=args.inner_steps, learning_rate=args.lr,
+        batch_size=args.batch_size or None, n_threads=args.threads, random_state=args.seed)
+    bar = tqdm(total=args.max_iter, desc=f"train ({args.solver})", unit="it",
+               disable=getattr(args, "quiet", False))
+
+    def callback(m, it):
+        h = m.history_[-1]
+        bar.set_postfix(objective=f"{h['objective']:.4g}", residual=f"{h['primal_residual']:.2g}")
+        bar.update(1)
+
+    model.fit(X, labels=labels, relevance=relevance, callback=callback)
+    bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.pt")
+    save_json(out / "history.json", model.history_)
+    plot_convergence({args.solver: model.history_}, out / "convergence.png",
+                     title=f"CrossModelCNN ({args.solver})")
+    last = model.history_[-1]
+    print(json.dumps({"iterations": model.n_iter_, "objective": round(last["objective"], 6),
+                      "primal_residual": round(last["primal_residual"], 6),
+                      "seconds": round(last["seconds"], 2), "out": str(out)}))
+    return 0

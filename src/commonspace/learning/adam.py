@@ -62,7 +62,7 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
         if progress is not None:
             progress(history[-1])
         if callback is not None:
-            callback(it + 1, th)
+            callback(it + 1, th, history)
         if change < tol:
             break
     return theta.detach().double().numpy(), history

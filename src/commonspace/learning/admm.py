@@ -73,7 +73,7 @@ def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, i
         if progress is not None:
             progress(history[-1])
         if callback is not None:
-            callback(it + 1, theta)
+            callback(it + 1, theta, history)
         if primal < tol and change < tol:
             break
     return theta, history

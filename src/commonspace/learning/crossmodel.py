@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -49,15 +50,17 @@ class CrossModelCNN:
     learning_rate : Adam step size (ADMM W-step and the Adam solver).
     batch_size : mini-batch size (``None``: full batches).
     newton_iter : L-BFGS iterations of the U/Theta steps with ``loss="softmax"``.
+    n_threads : torch threads during fit/transform (restored afterwards); ``None`` leaves
+        torch's setting. The networks are small: one thread is fastest on a shared machine.
     random_state : seed of the weight initialisation and batch order.
     verbose : print one line per iteration.
     """
 
     def __init__(self, dim=64, window=1, alpha=1.0, beta=1.0, gamma=1e-4, solver="admm",
                  loss="squared", activation="relu", hidden=(), pad_short=False, standardize=True,
-                 max_iter=100, tol=1e-4, rho=1.0, mu=1.05, rho_max=100.0, inner_steps=2,
-                 learning_rate=1e-2, batch_size=1024, newton_iter=20, random_state=None,
-                 verbose=False):
+                 max_iter=100, tol=1e-4, rho=10.0, mu=1.05, rho_max=1000.0, inner_steps=5,
+                 learning_rate=1e-2, batch_size=1024, newton_iter=20, n_threads=1,
+                 random_state=None, verbose=False):
         self.dim = dim
         self.window = window
         self.alpha = alpha
@@ -78,12 +81,14 @@ class CrossModelCNN:
         self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.newton_iter = newton_iter
+        self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
     _PARAMS = ("dim", "window", "alpha", "beta", "gamma", "solver", "loss", "activation",
                "hidden", "pad_short", "standardize", "max_iter", "tol", "rho", "mu", "rho_max",
-               "inner_steps", "learning_rate", "batch_size", "newton_iter", "random_state",
+               "inner_steps", "learning_rate", "batch_size", "newton_iter", "n_threads",
+               "random_state",
                "verbose")
 
     def get_params(self, deep=True):
@@ -105,9 +110,14 @@ class CrossModelCNN:
             be left out (no label term for them).
         relevance : None, "labels", "pairs" or ``{(k, k'): (n_k, n_k') matrix}``; see
             :func:`commonspace.learning.relevance.build_relevance`.
-        callback : optional ``callback(model, iteration)`` after every iteration (its time is
-            not counted in ``history_[i]["seconds"]``).
+        callback : optional ``callback(model, iteration)`` after every iteration, with the
+            model usable (``transform``, ``history_`` so far); its time is not counted in
+            ``history_[i]["seconds"]``.
         """
+        with _torch_threads(self.n_threads):
+            return self._fit(X, labels, relevance, callback)
+
+    def _fit(self, X, labels, relevance, callback):
         self._check_params()
         if not isinstance(X, dict) or len(X) < 2:
             raise InputError("X must be a dict {modality: sequences} with at least 2 modalities")
@@ -143,8 +153,9 @@ class CrossModelCNN:
         self.classes_ = classes
         self.nets_ = nets
 
-        def cb(it, theta):
+        def cb(it, theta, history):
             self.theta_ = theta.astype(np.float32)
+            self.history_ = history
             if callback is not None:
                 callback(self, it)
 
@@ -173,6 +184,10 @@ class CrossModelCNN:
 
     def transform(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Common-space vectors ``(n, dim)`` float32 of sequences of a fitted ``modality``."""
+        with _torch_threads(self.n_threads):
+            return self._transform(seqs, modality, lengths)
+
+    def _transform(self, seqs, modality, lengths):
         check_is_fitted(self, "nets_")
         if modality not in self.nets_:
             raise InputError(f"modality {modality!r} was not fitted; fitted modalities: "
@@ -298,6 +313,19 @@ class CrossModelCNN:
         classes = np.unique(np.concatenate(list(arrays.values())))
         enc = {k: np.searchsorted(classes, y).astype(np.int64) for k, y in arrays.items()}
         return enc, classes
+
+
+@contextlib.contextmanager
+def _torch_threads(n):
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _standardizer(padded, lengths, enabled):

@@ -1,0 +1,57 @@
+"""`commonspace train` end to end on small files (all three sequence file formats)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from commonspace import CrossModelCNN
+from commonspace.cli.main import main
+
+
+def test_train_cli_writes_model_history_and_plot(tmp_path):
+    rng = np.random.default_rng(0)
+    n, C = 40, 2
+    y = np.arange(n) % C
+    seqs = [rng.normal(size=(int(rng.integers(2, 6)), 3)) + y[i] for i in range(n)]
+    np.savez(tmp_path / "a.npz", *seqs)
+    np.save(tmp_path / "b.npy", (rng.normal(size=(n, 4)) + y[:, None]).astype(np.float32))
+    padded = rng.normal(size=(n, 5, 2)).astype(np.float32) + y[:, None, None]
+    np.save(tmp_path / "c.npy", padded)
+    np.save(tmp_path / "c_len.npy", rng.integers(2, 6, n))
+    np.save(tmp_path / "y.npy", y)
+    out = tmp_path / "out"
+    code = main(["-q", "train", "--modality", f"a={tmp_path / 'a.npz'}",
+                 "--modality", f"b={tmp_path / 'b.npy'}", "--modality", f"c={tmp_path / 'c.npy'}",
+                 "--lengths", f"c={tmp_path / 'c_len.npy'}", "--labels", f"a={tmp_path / 'y.npy'}",
+                 "--labels", f"b={tmp_path / 'y.npy'}", "--labels", f"c={tmp_path / 'y.npy'}",
+                 "--window", "a=2", "--window", "c=2", "--dim", "4", "--max-iter", "3",
+                 "--out", str(out)])
+    assert code == 0
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 3 and "objective" in history[0]
+    assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model = CrossModelCNN.load(out / "model.pt")
+    assert model.transform(seqs, modality="a").shape == (n, 4)
+    assert model.window_ == {"a": 2, "b": 1, "c": 2}
+
+
+def test_train_cli_errors(tmp_path, capsys):
+    np.save(tmp_path / "b.npy", np.zeros((5, 2)))
+    code = main(["train", "--modality", f"a={tmp_path / 'missing.npy'}",
+                 "--modality", f"b={tmp_path / 'b.npy'}", "--out", str(tmp_path / "o")])
+    assert code == 3
+    assert "not found" in capsys.readouterr().err
+    np.save(tmp_path / "y.npy", np.zeros(4))
+    code = main(["train", "--modality", f"a={tmp_path / 'b.npy'}",
+                 "--modality", f"b={tmp_path / 'b.npy'}", "--labels", f"a={tmp_path / 'y.npy'}",
+                 "--labels", f"b={tmp_path / 'y.npy'}", "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "must match" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model.pt").exists()
+
+
+@pytest.mark.parametrize("bad", ["a", "a=", "=x"])
+def test_train_cli_bad_pairs(tmp_path, bad):
+    assert main(["train", "--modality", bad, "--modality", "b=x.npy", "--out",
+                 str(tmp_path)]) == 2
