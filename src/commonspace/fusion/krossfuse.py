@@ -322,9 +322,11 @@ class KrossFuse:
                           device=tensors[0].device)
         step = max(1, int(batch_size))
         work = {}  # (step, l) buffers reused by every chunk: no allocation per chunk
-        for start in range(0, n, step):
-            rows = {name: t[start:start + step] for name, t in zip(names, tensors, strict=True)}
-            self._fuse_rows(modality, rows, out[start:start + step], work)
+        with torch.no_grad():
+            for start in range(0, n, step):
+                rows = {name: t[start:start + step]
+                        for name, t in zip(names, tensors, strict=True)}
+                self._fuse_rows(modality, rows, out[start:start + step], work)
         return from_torch(out, like)
 
     def _inputs(self, modality, cross, expert):
