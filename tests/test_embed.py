@@ -277,3 +277,4 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["embed", "--model", "no-such-model", "--texts", str(texts), "--out", str(tmp_path / "o")]) == 4
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
     assert main(["embed", "--model", "st:x", "--texts", str(tmp_path / "none.txt"), "--out", str(tmp_path)]) == 3
+
