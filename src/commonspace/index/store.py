@@ -308,14 +308,14 @@ class EmbeddingIndex:
         self = cls(factory=spec["factory"], normalize=spec["normalize"],
                    nprobe=spec.get("nprobe", 16), ef_search=spec.get("ef_search", 64),
                    info=spec.get("info") or None)
-        flags = (faiss.IO_FLAG_MMAP | faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
-                 if mmap else 0)
+        # Flat codes map with IO_FLAG_MMAP_IFC; IVF lists only with IO_FLAG_MMAP.
+        flags = [faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY, faiss.IO_FLAG_MMAP] if mmap else [0]
         for m, entry in spec["modalities"].items():
             file = path / entry["file"]
             if not file.is_file():
                 raise MissingFileError(f"index file missing: {file}")
             try:
-                index = faiss.read_index(str(file), flags)
+                index = _read_index(faiss, file, flags)
             except RuntimeError as exc:
                 raise InputError(
                     f"index file {file} is corrupt or unreadable ({_faiss_message(exc)}); "
@@ -342,6 +342,16 @@ class EmbeddingIndex:
 
             self.query_embedder = QueryEmbedder.load(path / spec["query_embedder"])
         return self
+
+
+def _read_index(faiss, file: Path, flags: list[int]):
+    for flag in flags[:-1]:
+        try:
+            return faiss.read_index(str(file), flag)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+    return faiss.read_index(str(file), flags[-1])
 
 
 def import_faiss():
@@ -372,8 +382,9 @@ def _dims_text(dims: dict) -> str:
 
 
 def _faiss_message(exc: Exception) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in lines:
-        if "Error" in ln and "' failed" in ln or ln.startswith("Error"):
-            return ln
-    return lines[-1] if lines else type(exc).__name__
+    """The useful tail of a FAISS C++ error ("Error in <signature> at file:line: message")."""
+    import re
+
+    text = " ".join(str(exc).split())
+    match = re.search(r" at \S+:\d+: (.*)$", text)
+    return (match.group(1) if match else text) or type(exc).__name__
