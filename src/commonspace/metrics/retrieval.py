@@ -19,7 +19,7 @@ from commonspace.metrics._ranking import (
     check_scores,
     chunk_size,
     for_each_block,
-    key_index,
+    key_relevant,
     key_score,
     rank_keys,
 )
@@ -77,11 +77,12 @@ def _ap_from_sorted(keys, rel, n_rel, k, ties, k_normalizer):
     n_rel : (m,) relevant items in the whole gallery. Returns (m,) float64, NaN where n_rel == 0.
     """
     m, length = rel.shape
-    cum = np.cumsum(rel, axis=1, dtype=np.int32)
-    rows, cols = np.nonzero(rel)
+    rows, cols = np.nonzero(rel)  # row-major: each row's relevant positions, ascending
+    found = np.bincount(rows, minlength=m)  # relevant items in the (possibly top-k) ranking
     if ties == "sklearn":
         # Tied scores form one threshold: every relevant item in a tie block gets the precision
         # at the end of the block, as sklearn.metrics.average_precision_score does.
+        cum = np.cumsum(rel, axis=1, dtype=np.int32)
         score = key_score(keys)
         last = np.empty((m, length), dtype=bool)
         last[:, :-1] = score[:, 1:] != score[:, :-1]
@@ -91,23 +92,27 @@ def _ap_from_sorted(keys, rel, n_rel, k, ties, k_normalizer):
         ends = end[rows, cols]
         vals = cum[rows, ends] / (ends + 1.0)
     else:
-        vals = cum[rows, cols] / (cols + 1.0)
+        # Precision at the j-th relevant item (1-based j, 0-based position c) is j / (c + 1);
+        # j is the item's order within its row of the nonzero() output.
+        first = np.cumsum(found) - found
+        hits = np.arange(1, len(rows) + 1) - first[rows]
+        vals = hits / (cols + 1.0)
     total = np.bincount(rows, weights=vals, minlength=m)
     if k is None:
         denom = n_rel.astype(np.float64)
     elif k_normalizer == "min":
         denom = np.minimum(k, n_rel).astype(np.float64)
     else:  # "retrieved": relevant items found in the top k
-        denom = cum[:, -1].astype(np.float64)
+        denom = found.astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         ap = np.where(denom > 0, total / np.maximum(denom, 1), 0.0)
     ap[n_rel == 0] = np.nan
     return ap
 
 
-def _rank_block(scores, k):
+def _rank_block(scores, k, relevant=None):
     """Sorted rank keys of a score block: all columns, or the top ``k``."""
-    keys = rank_keys(scores)
+    keys = rank_keys(scores, relevant)
     if k is not None and k < keys.shape[1]:
         keys = np.partition(keys, k - 1, axis=1)[:, :k]
     keys.sort(axis=1)
@@ -162,16 +167,14 @@ def average_precision_per_query(
         class_counts = np.bincount(gl, minlength=int(max(ql.max(), gl.max())) + 1)
 
     def block(start, stop):
-        scores = q[start:stop] @ g.T
-        keys = _rank_block(scores, k)
-        idx = key_index(keys)
         if kind == "single":
-            rel = gl[idx] == ql[start:stop, None]
+            relevant = gl == ql[start:stop, None]
             n_rel = class_counts[ql[start:stop]]
         else:
-            full = (ql[start:stop] @ gl.T) > 0
-            n_rel = full.sum(axis=1)
-            rel = np.take_along_axis(full, idx, axis=1)
+            relevant = (ql[start:stop] @ gl.T) > 0
+            n_rel = relevant.sum(axis=1)
+        keys = _rank_block(q[start:stop] @ g.T, k, relevant)
+        rel = key_relevant(keys)
         out[start:stop] = _ap_from_sorted(keys, rel, n_rel, k, ties, k_normalizer)
 
     for_each_block(block, len(q), step, n_jobs, progress, desc="mAP")
@@ -251,8 +254,8 @@ def average_precision_from_scores(
     k = _check_k(k, s.shape[1])
     if ties == "sklearn" and k is not None:
         raise InputError("ties='sklearn' is defined for mAP@all only; use k=None")
-    keys = _rank_block(s.copy(), k)  # rank_keys overwrites its input
-    rel = np.take_along_axis(rel_full, key_index(keys), axis=1)
+    keys = _rank_block(s.copy(), k, rel_full)  # rank_keys overwrites its scores
+    rel = key_relevant(keys)
     return _ap_from_sorted(keys, rel, rel_full.sum(axis=1), k, ties, k_normalizer)
 
 
