@@ -257,6 +257,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 by default: on a shared machine a second "
                         "OpenMP thread waits on busy cores and makes every timing noisy)")
+    parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4],
+                        choices=[1, 2, 3, 4], help="which sections to run")
     parser.add_argument("--stream-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stream_child:
@@ -269,16 +271,17 @@ def main(argv=None):
           f"{os.cpu_count()} CPUs\n")
     torch.set_num_threads(args.threads)
     threadpool_limits(args.threads)  # numpy's BLAS too, so "bare products (numpy)" is comparable
-    if args.quick:
-        throughput(n=4096, chunk=2048, repeats=2, width=1024)
-        crossover(n=500, dims=[64, 512], widths=[256, 2048])
-        coco(widths=[256], seeds=1)
-        streaming(n=20_000, chunk=4096, width=1024)
-    else:
-        throughput(n=50_000, chunk=2048, repeats=3)
-        crossover(n=2000, dims=[32, 128, 512, 2048], widths=[256, 1024, 4096, 16384])
-        coco(widths=[512, 1024, 4096], seeds=3)
-        streaming(n=200_000, chunk=4096)
+    quick = {1: lambda: throughput(n=4096, chunk=2048, repeats=2, width=1024),
+             2: lambda: crossover(n=500, dims=[64, 512], widths=[256, 2048]),
+             3: lambda: coco(widths=[256], seeds=1),
+             4: lambda: streaming(n=20_000, chunk=4096, width=1024)}
+    full = {1: lambda: throughput(n=50_000, chunk=2048, repeats=5),
+            2: lambda: crossover(n=2000, dims=[32, 128, 512, 2048],
+                                 widths=[256, 1024, 4096, 16384]),
+            3: lambda: coco(widths=[512, 1024, 4096], seeds=3),
+            4: lambda: streaming(n=200_000, chunk=4096)}
+    for section in args.sections:
+        (quick if args.quick else full)[section]()
 
 
 if __name__ == "__main__":

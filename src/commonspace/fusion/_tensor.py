@@ -21,7 +21,7 @@ def to_torch(arrays, names, dims):
     for a, name, d in zip(arrays, names, dims, strict=True):
         checked = check_matrix(a, name, n_columns=d, allow_torch=True)
         t = checked if is_torch_tensor(checked) else torch.from_numpy(checked)
-        tensors.append(t.to(device=device or "cpu", dtype=torch.float32))
+        tensors.append(t.detach().to(device=device or "cpu", dtype=torch.float32))
     for t, name in zip(tensors[1:], names[1:], strict=True):
         check_same_length(names[0], tensors[0].shape[0], name, t.shape[0])
     return tensors, device

@@ -51,7 +51,9 @@ def fourier_features(X, W):
     """[cos(X W), sin(X W)] / sqrt(r): (n, d) torch tensor -> (n, 2r) on the same device."""
     import torch
 
-    theta = X @ W
+    from commonspace.fusion.sketch import matmul
+
+    theta = matmul(X, W)
     return torch.cat([torch.cos(theta), torch.sin(theta)], dim=1).mul_(
         1.0 / np.sqrt(W.shape[1]))
 

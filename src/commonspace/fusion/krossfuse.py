@@ -51,6 +51,7 @@ from commonspace.fusion.sketch import (
     draw_count_sketch,
     draw_projection,
     kronecker,
+    matmul,
     projection_sketch,
     tensor_sketch,
 )
@@ -406,7 +407,8 @@ class KrossFuse:
             elif self.method == "rp" and self.kernel == "rbf":
                 # Hadamard product of complex RFF sketches = joint frequencies of the product
                 # of Gaussian kernels: rows have norm exactly `scale`, no rescaling needed.
-                theta = sum(rows[m] @ self._tensor(f"block{b}/{m}", dev) for m in members)
+                theta = sum(matmul(rows[m], self._tensor(f"block{b}/{m}", dev))
+                            for m in members)
                 half = theta.shape[1]
                 c = scale / math.sqrt(half)
                 torch.mul(torch.cos(theta), c, out=sl[:, :half])
@@ -416,11 +418,9 @@ class KrossFuse:
                 # cosine normalisation, 1/sqrt(l)) cancel and are skipped here.
                 fs = [rows[m] if self.kernel == "cosine" else f(m) for m in members]
                 if self.method == "rp":
-                    z = torch.matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev),
-                                     out=buffer(0))
+                    z = matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev), buffer(0))
                     for x, m in zip(fs[1:], members[1:], strict=True):
-                        z.mul_(torch.matmul(x, self._tensor(f"block{b}/{m}", dev),
-                                            out=buffer(1)))
+                        z.mul_(matmul(x, self._tensor(f"block{b}/{m}", dev), buffer(1)))
                 else:
                     z = tensor_sketch(fs, [self._tensor(f"block{b}/{m}/hash", dev)
                                            for m in members],
@@ -447,12 +447,12 @@ class KrossFuse:
                                   [self._tensor(f"block{b}/{m}", dev) for m in members])
             sl.copy_(z)
             return
-        z = f("cross") @ self._tensor(f"block{b}/cross", dev)
+        z = matmul(f("cross"), self._tensor(f"block{b}/cross", dev))
         for name in members[1:]:
             a = math.sqrt(self.C / self.feature_dims_[name])
             const = self._tensor(f"block{b}/{name}/sum", dev) * a
             if name in rows:
-                z.mul_(torch.add(f(name) @ self._tensor(f"block{b}/{name}/diff", dev), const))
+                z.mul_(matmul(f(name), self._tensor(f"block{b}/{name}/diff", dev)).add_(const))
             else:
                 z.mul_(const)
         torch.mul(z, 1.0 / math.sqrt(self.n_components), out=sl)

@@ -48,11 +48,24 @@ def draw_count_sketch(rng: np.random.Generator, dim: int, n_components: int):
     return hashes, signs
 
 
+def matmul(a, b, out=None):
+    """a @ b for torch tensors; on the CPU through NumPy's BLAS, which is faster than torch's
+    for these shapes on the machines measured (see docs/fusion.md)."""
+    import torch
+
+    if a.device.type != "cpu":
+        return torch.matmul(a, b, out=out)
+    if out is None:
+        out = torch.empty(a.shape[0], b.shape[1], dtype=a.dtype)
+    np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+    return out
+
+
 def projection_sketch(features, projections):
     """prod_i (features[i] @ projections[i]) / sqrt(l): (n, l) tensor."""
-    z = features[0] @ projections[0]
+    z = matmul(features[0], projections[0])
     for f, U in zip(features[1:], projections[1:], strict=True):
-        z.mul_(f @ U)
+        z.mul_(matmul(f, U))
     return z.mul_(1.0 / math.sqrt(projections[0].shape[1]))
 
 
