@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 
 from commonspace.cli.main import main
 from commonspace.data import load_coco_clip_pairs, load_wikipedia
+from commonspace.io import save_parquet
 from commonspace.metrics import (
     clustering_scores,
     image_text_recall,
@@ -105,12 +106,13 @@ def test_eval_coco_pairs_side_by_side(tmp_path):
     images, captions = load_coco_clip_pairs()
     # A second space: each modality centred on its own mean, which removes the modality gap.
     centred = images - images.mean(0), captions - captions.mean(0)
-    for name, arr in [("ci", images), ("ct", captions), ("zi", centred[0]), ("zt", centred[1])]:
+    for name, arr in [("ct", captions), ("zi", centred[0]), ("zt", centred[1])]:
         np.save(tmp_path / f"{name}.npy", arr)
+    save_parquet(tmp_path / "ci.parquet", images, id=np.arange(500))  # parquet works too
     out = tmp_path / "report"
     run_cli(
         "--embeddings",
-        f"clip:image={tmp_path / 'ci.npy'}",
+        f"clip:image={tmp_path / 'ci.parquet'}",
         f"clip:text={tmp_path / 'ct.npy'}",
         f"centred:image={tmp_path / 'zi.npy'}",
         f"centred:text={tmp_path / 'zt.npy'}",
@@ -178,3 +180,28 @@ def test_eval_bad_input_is_one_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code in (2, 3) and message in err, err
         assert err.count("\n") == 1  # one line, no traceback
+
+
+def test_run_tasks_seeded_stratified_split_on_digits():
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from commonspace.metrics.suite import run_tasks
+
+    X, y = load_digits(return_X_y=True)
+    X, y = X[:500].astype(np.float32), y[:500]
+    res = run_tasks(
+        {"pixels": X},
+        ["knn", "retrieval"],
+        labels=y,
+        test_size=0.25,
+        random_state=3,
+        progress=False,
+    )
+    tr, te = train_test_split(np.arange(500), test_size=0.25, random_state=3, stratify=y)
+    assert res["pixels"]["knn"]["accuracy"] == knn_accuracy(X[tr], y[tr], X[te], y[te], 20)
+    # Integer pixels give many near-equal cosines; float32 scores from a different BLAS thread
+    # count may order those differently (docs/metrics.md, ranking rule), hence 1e-5.
+    assert res["pixels"]["retrieval"]["test_to_train mAP"] == pytest.approx(
+        mean_average_precision(X[te], X[tr], y[te], y[tr]), abs=1e-5
+    )
