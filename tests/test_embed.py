@@ -248,6 +248,12 @@ def test_text_file_with_empty_line(clip, tmp_path):
     enc = load_encoder(str(clip), device="cpu")
     np.testing.assert_allclose(emb, enc.encode_texts(["a photo of a dog", "the sea at night", "a red car"]),
                                atol=1e-5)
+    # One text per shard, parquet: the shard of the empty line holds no rows at all.
+    embed_dataset(path, str(clip), tmp_path / "pq", on_error="skip", shard_size=1, format="parquet",
+                  show_progress_bar=False)
+    emb_pq, meta_pq = load_embedding_dir(tmp_path / "pq")
+    np.testing.assert_allclose(emb_pq, emb, atol=1e-6)
+    assert meta_pq["id"].tolist() == ["0", "1", "3"]
 
 
 def test_audio_folder_to_mfcc_sequences(tmp_path):

@@ -63,7 +63,7 @@ def write_shard(out_dir, index: int, fmt: str, embeddings, rows: list[dict], mar
         if lengths is not None:
             raise InputError("audio (MFCC sequence) runs are written as npy; use format='npy'")
         columns = {c: [r[c] for r in rows] for c in METADATA_COLUMNS}
-        save_parquet(data, embeddings.reshape(len(rows), -1), **columns)
+        save_parquet(data, embeddings, **columns)
     else:
         raise InputError(f"unknown format {fmt!r}; use npy or parquet")
     save_json(marker_path, {**marker, "rows": rows, "lengths": lengths})
