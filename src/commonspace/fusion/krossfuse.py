@@ -479,7 +479,7 @@ class KrossFuse:
                 "n_features_out_": self.n_features_out_}
         path = Path(path)
         with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta)),
+            np.savez(fh, __meta__=np.array(json.dumps(meta, default=_json_scalar)),
                      **{f"a:{k}": v for k, v in self.arrays_.items()})
         return path
 
@@ -509,3 +509,11 @@ class KrossFuse:
         fuser.arrays_ = arrays
         fuser._cache = {}
         return fuser
+
+
+def _json_scalar(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, tuple):
+        return list(o)
+    raise TypeError(f"cannot save parameter value {o!r}")
