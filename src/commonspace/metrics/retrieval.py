@@ -77,12 +77,12 @@ def _ap_from_sorted(keys, rel, n_rel, k, ties, k_normalizer):
     n_rel : (m,) relevant items in the whole gallery. Returns (m,) float64, NaN where n_rel == 0.
     """
     m, length = rel.shape
-    rows, cols = np.nonzero(rel)  # row-major: each row's relevant positions, ascending
-    found = np.bincount(rows, minlength=m)  # relevant items in the (possibly top-k) ranking
+    cum = np.cumsum(rel, axis=1, dtype=np.int32)  # relevant items up to each rank
+    found = cum[:, -1].copy()  # relevant items in the (possibly top-k) ranking
     if ties == "sklearn":
         # Tied scores form one threshold: every relevant item in a tie block gets the precision
         # at the end of the block, as sklearn.metrics.average_precision_score does.
-        cum = np.cumsum(rel, axis=1, dtype=np.int32)
+        rows, cols = np.nonzero(rel)
         score = key_score(keys)
         last = np.empty((m, length), dtype=bool)
         last[:, :-1] = score[:, 1:] != score[:, :-1]
@@ -90,14 +90,11 @@ def _ap_from_sorted(keys, rel, n_rel, k, ties, k_normalizer):
         end = np.where(last, np.arange(length, dtype=np.int32), length)
         end = np.minimum.accumulate(end[:, ::-1], axis=1)[:, ::-1]
         ends = end[rows, cols]
-        vals = cum[rows, ends] / (ends + 1.0)
+        total = np.bincount(rows, weights=cum[rows, ends] / (ends + 1.0), minlength=m)
     else:
-        # Precision at the j-th relevant item (1-based j, 0-based position c) is j / (c + 1);
-        # j is the item's order within its row of the nonzero() output.
-        first = np.cumsum(found) - found
-        hits = np.arange(1, len(rows) + 1) - first[rows]
-        vals = hits / (cols + 1.0)
-    total = np.bincount(rows, weights=vals, minlength=m)
+        # Sum over relevant ranks r (1-based) of precision cum_r / r, as one matrix-vector product.
+        cum *= rel
+        total = cum @ (1.0 / np.arange(1, length + 1))
     if k is None:
         denom = n_rel.astype(np.float64)
     elif k_normalizer == "min":
