@@ -14,7 +14,7 @@ import numpy as np
 from commonspace._validation import check_matrix
 from commonspace.exceptions import InputError
 
-# Elements of the (chunk, n_gallery) score block processed at once: about 2M, i.e. ~50 MB of
+# Elements of the (chunk, n_gallery) score block processed at once: about 2M, i.e. ~40 MB of
 # temporaries (float32 scores, int64 keys, cumulative counts) whatever the problem size.
 DEFAULT_BLOCK_ELEMENTS = 1 << 21
 

@@ -1,8 +1,9 @@
 """Retrieval metrics: mAP@all / mAP@k with label relevance, Recall@K with listed positives.
 
 Both rank a gallery by cosine similarity to each query, in query blocks so memory stays
-bounded (about 100 MB of temporaries whatever the sizes). Ranking rule (documented in
-docs/metrics.md): score descending, exact float32 ties broken by gallery index ascending.
+bounded (blocks of ~2M scores: tens of MB of temporaries per worker thread, whatever the
+sizes). Ranking rule (docs/metrics.md): score descending, exact float32 ties broken by gallery
+index ascending.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ def average_precision_per_query(
         scores form one threshold, as ``sklearn.metrics.average_precision_score``; k=None only).
     k_normalizer : with k set, divide the sum of precisions at relevant ranks by
         "min" = min(k, n_relevant) or "retrieved" = relevant items in the top k (DCMH's code).
-    batch_size : queries per block (default: a ~2M-element block of scores, ~50 MB of
+    batch_size : queries per block (default: a ~2M-element block of scores, ~40 MB of
         temporaries per worker).
     n_jobs : worker threads (default: all CPUs available to the process).
     progress : show a tqdm progress bar over queries.
