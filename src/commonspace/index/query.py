@@ -125,6 +125,10 @@ class QueryEmbedder:
                 raise InputError(f"unknown query step {op!r}; known: {OPS}")
         return x
 
+    def use_encoder(self, name: str, encoder) -> None:
+        """Use an already loaded encoder for the model ``name`` (saves loading it again)."""
+        self._encoders[name] = encoder
+
     def _encoder(self, name):
         if name not in self._encoders:
             from commonspace.encoders import load_encoder
