@@ -46,22 +46,31 @@ def chunk_size(n_gallery: int, batch_size: int | None) -> int:
     return max(1, DEFAULT_BLOCK_ELEMENTS // max(n_gallery, 1))
 
 
-def rank_keys(scores: np.ndarray, relevant: np.ndarray | None = None) -> np.ndarray:
-    """int64 keys, one per score, whose ascending order is (score descending, index ascending).
+def ordered_int32(scores: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """int32 image of ``-scores`` with the same order: ascending = score descending.
 
-    ``scores`` is a ``(m, n)`` float32 block (overwritten); column j is gallery item j. Layout:
-    the order-preserving integer image of -score in the high 32 bits, the index j in the low
-    32 bits; with ``relevant`` (an (m, n) bool block), j is stored as ``2j + relevant`` so the
-    relevance of each ranked item is read back from bit 0 (:func:`key_relevant`) without a
-    gather, and ties are still broken by j.
+    +0.0 and -0.0 map to the same integer. ``out`` may be ``scores`` itself (overwritten).
     """
-    neg = np.negative(scores, out=scores)
-    neg += np.float32(0.0)  # maps -0.0 to 0.0 so the two tie
-    bits = neg.view(np.int32)
+    bits = np.negative(scores, out=scores if out is scores else None)
+    bits += np.float32(0.0)  # maps -0.0 to 0.0 so the two tie
+    bits = bits.view(np.int32)
     # Order-preserving map float32 -> int32: flip the magnitude bits of negative numbers.
     flip = bits >> 31
     flip &= np.int32(0x7FFFFFFF)
     bits ^= flip
+    return bits
+
+
+def rank_keys(scores: np.ndarray, relevant: np.ndarray | None = None) -> np.ndarray:
+    """int64 keys, one per score, whose ascending order is (score descending, index ascending).
+
+    ``scores`` is a ``(m, n)`` float32 block (overwritten); column j is gallery item j. Layout:
+    :func:`ordered_int32` of the score in the high 32 bits, the index j in the low 32 bits;
+    with ``relevant`` (an (m, n) bool block), j is stored as ``2j + relevant`` so the
+    relevance of each ranked item is read back from bit 0 (:func:`key_relevant`) without a
+    gather, and ties are still broken by j.
+    """
+    bits = ordered_int32(scores, out=scores)
     keys = np.left_shift(bits, 32, dtype=np.int64)
     index = np.arange(scores.shape[1], dtype=np.int64)
     if relevant is None:

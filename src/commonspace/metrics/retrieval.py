@@ -171,9 +171,9 @@ def average_precision_per_query(
         else:
             relevant = (ql[start:stop] @ gl.T) > 0
             n_rel = relevant.sum(axis=1)
-        keys = _rank_block(q[start:stop] @ g.T, k, relevant)
-        rel = key_relevant(keys)
-        out[start:stop] = _ap_from_sorted(keys, rel, n_rel, k, ties, k_normalizer)
+        scores = q[start:stop] @ g.T
+        keys = _rank_block(scores, k, relevant)
+        out[start:stop] = _ap_from_sorted(keys, key_relevant(keys), n_rel, k, ties, k_normalizer)
 
     for_each_block(block, len(q), step, n_jobs, progress, desc="mAP")
     return out
