@@ -133,6 +133,14 @@ class Encoder:
     def _module(self):
         raise NotImplementedError
 
+    def _hash_if_cast(self):
+        """Hash the weights now if they are about to be cast (the fingerprint is of the
+        weights as saved); otherwise the hash waits until something asks for it."""
+        import torch
+
+        if self.dtype != torch.float32:
+            self.fingerprint  # noqa: B018
+
     def _require(self, modality: str):
         if modality not in self.modalities:
             raise InputError(

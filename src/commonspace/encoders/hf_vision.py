@@ -42,7 +42,7 @@ class HFVisionEncoder(Encoder):
         self.processor = processor
         self.model = model.eval()
         self._fingerprint = None
-        self.fingerprint  # noqa: B018  (hash the weights as saved, before any cast)
+        self._hash_if_cast()
         self.model.to(self.device, dtype=self.dtype)
         self.n_registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
         hidden = int(model.config.hidden_size)

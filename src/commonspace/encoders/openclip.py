@@ -43,7 +43,7 @@ class OpenCLIPEncoder(Encoder):
         self.tokenizer = tokenizer
         self.model = model.eval()
         self._fingerprint = None
-        self.fingerprint  # noqa: B018  (hash the float32 weights before any cast)
+        self._hash_if_cast()
         self.model.to(self.device, dtype=self.dtype)
         size = _image_size(model)
         with torch.inference_mode():

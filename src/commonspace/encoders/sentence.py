@@ -62,7 +62,7 @@ class SentenceTransformerEncoder(Encoder):
         self.dtype = resolve_dtype(self.device, precision)
         self.model = model
         self._fingerprint = None
-        self.fingerprint  # noqa: B018  (hash the weights as saved, before any cast)
+        self._hash_if_cast()
         self.model.to(self.device)
         if self.dtype != _float32():
             self.model.to(dtype=self.dtype)

@@ -127,6 +127,10 @@ def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: in
         pending.append(spec)
     logger.info("%d of %d shards to compute (%d reused)", len(pending), len(specs),
                 len(specs) - len(pending))
+    if pending:
+        # The old manifest would describe a mix of old and new shards if this run is cut short.
+        for name in ("manifest.json", "metadata.parquet"):
+            (out_dir / name).unlink(missing_ok=True)
     options = {"batch_size": batch_size, "num_workers": num_workers, "on_error": on_error,
                "normalize": normalize, "format": format}
     jobs = [

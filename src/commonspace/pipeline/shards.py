@@ -98,24 +98,35 @@ def read_manifest_json(path) -> dict:
 
 
 def load_metadata(path) -> dict:
-    """metadata.parquet as a dict of columns (numpy object arrays of str / None)."""
+    """metadata.parquet as a dict of columns, each a list of str (or None for no label)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(Path(path) / "metadata.parquet")
-    return {name: np.array(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+def _check_shard_keys(path, manifest):
+    for shard in manifest["shards"]:
+        marker = read_shard_marker(path, shard["index"], manifest["format"])
+        if marker is None or marker.get("key") != shard["key"]:
+            raise InputError(
+                f"{path}: shard {shard['index']} is missing or was rewritten after manifest.json "
+                "(another run into this folder?); rerun `commonspace embed` to finish it"
+            )
 
 
 def load_embedding_dir(path):
     """Read a finished run of :func:`~commonspace.pipeline.embed.embed_dataset`.
 
     Returns ``(embeddings (n, dim) float32, metadata)``, ``metadata`` a dict of length-``n``
-    columns ``id``, ``modality``, ``source``, ``label``, ``source_sha256``; row ``i`` of both
+    lists ``id``, ``modality``, ``source``, ``label`` (None where unlabelled), ``source_sha256``; row ``i`` of both
     is the same item. Skipped inputs are listed in ``manifest.json`` under ``skipped``.
     """
     manifest = read_manifest_json(path)
     if manifest.get("kind") == "sequences":
         raise InputError(f"{path} holds MFCC sequences, not vectors: use load_sequence_dir")
     fmt = manifest["format"]
+    _check_shard_keys(path, manifest)
     parts = [read_shard_data(path, s["index"], fmt) for s in manifest["shards"] if s["n_rows"]]
     dim = manifest["model"]["dim"]
     emb = np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
@@ -133,6 +144,7 @@ def load_sequence_dir(path):
     manifest = read_manifest_json(path)
     if manifest.get("kind") != "sequences":
         raise InputError(f"{path} holds vectors, not sequences: use load_embedding_dir")
+    _check_shard_keys(path, manifest)
     sequences = []
     for shard in manifest["shards"]:
         if not shard["n_rows"]:
