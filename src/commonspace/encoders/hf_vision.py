@@ -32,8 +32,6 @@ class HFVisionEncoder(Encoder):
     modalities = ("image",)
 
     def __init__(self, model, processor, name="hf", pooling="cls", device=None, precision="auto"):
-        import torch
-
         check_choice(pooling, "pooling", POOLINGS)
         self.name = name
         self.pooling = pooling
@@ -45,9 +43,13 @@ class HFVisionEncoder(Encoder):
         self._hash_if_cast()
         self.model.to(self.device, dtype=self.dtype)
         self.n_registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
-        hidden = int(model.config.hidden_size)
+        hidden = getattr(model.config, "hidden_size", None)
+        if not isinstance(hidden, int):
+            raise ModelNotAvailableError(
+                f"{name}: {type(model).__name__} is not a ViT-style model with token outputs "
+                "(config.hidden_size); HFVisionEncoder supports DINOv2, ViT, BEiT, DeiT and the like"
+            )
         self.dim = 2 * hidden if pooling == "cls_mean" else hidden
-        del torch
 
     @classmethod
     def from_pretrained(cls, spec: str, pooling="cls", device=None, precision="auto"):
@@ -94,7 +96,13 @@ class HFVisionEncoder(Encoder):
 
         with torch.inference_mode():
             out = self.model(pixel_values=pixels.to(self.device, dtype=self.dtype))
-        return pool_tokens(out.last_hidden_state, self.pooling, self.n_registers)
+        hidden = out.last_hidden_state
+        if hidden.ndim != 3:
+            raise ModelNotAvailableError(
+                f"{self.name}: expected token outputs (batch, tokens, width), got shape "
+                f"{tuple(hidden.shape)}; only ViT-style models are supported"
+            )
+        return pool_tokens(hidden, self.pooling, self.n_registers)
 
 
 def pool_tokens(hidden, pooling: str, n_registers: int = 0):
