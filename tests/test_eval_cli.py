@@ -80,7 +80,6 @@ def test_eval_on_wikipedia_matches_the_library(tmp_path, wiki_posteriors):
         "retrieval",
         "knn",
         "zeroshot",
-        "clustering",
         "--out",
         out,
     )
@@ -93,9 +92,6 @@ def test_eval_on_wikipedia_matches_the_library(tmp_path, wiki_posteriors):
     assert res["retrieval"]["text_to_image mAP"] == pytest.approx(0.212, abs=0.0015)
     assert res["knn[text]"]["accuracy"] == knn_accuracy(t[train], y[train], t[test], y[test], 20)
     assert res["zeroshot"]["top1"] == pytest.approx(np.mean(i[test].argmax(1) == y[test]))
-    with threadpool_limits(1):
-        km = clustering_scores(t, y, "kmeans", random_state=0)
-    assert res["clustering[text]"]["kmeans"]["nmi"] == pytest.approx(km["nmi"])
     md = (out / "results.md").read_text()
     assert "| task / metric | sm |" in md and "| retrieval / image_to_text mAP | 0.278" in md
 
@@ -108,14 +104,21 @@ def test_eval_coco_pairs_side_by_side(tmp_path):
         np.save(tmp_path / f"{name}.npy", arr)
     save_parquet(tmp_path / "ci.parquet", images, id=np.arange(500))  # parquet works too
     out = tmp_path / "report"
-    run_cli(
-        "--embeddings",
-        f"clip:image={tmp_path / 'ci.parquet'}",
-        f"clip:text={tmp_path / 'ct.npy'}",
-        f"centred:image={tmp_path / 'zi.npy'}",
-        f"centred:text={tmp_path / 'zt.npy'}",
-        "--out",
-        out,
+    assert (
+        main(
+            [  # in-process this time (the subprocess path is tested above)
+                "-q",
+                "eval",
+                "--embeddings",
+                f"clip:image={tmp_path / 'ci.parquet'}",
+                f"clip:text={tmp_path / 'ct.npy'}",
+                f"centred:image={tmp_path / 'zi.npy'}",
+                f"centred:text={tmp_path / 'zt.npy'}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
     )  # no labels: the default tasks are the paired ones (recall, similarity)
     res = json.loads((out / "results.json").read_text())
     lib = image_text_recall(images, captions, np.arange(500))
@@ -190,7 +193,7 @@ def test_run_tasks_seeded_stratified_split_on_digits():
     X, y = X[:500].astype(np.float32), y[:500]
     res = run_tasks(
         {"pixels": X},
-        ["knn", "retrieval"],
+        ["knn", "retrieval", "clustering"],
         labels=y,
         test_size=0.25,
         random_state=3,
@@ -198,6 +201,11 @@ def test_run_tasks_seeded_stratified_split_on_digits():
     )
     tr, te = train_test_split(np.arange(500), test_size=0.25, random_state=3, stratify=y)
     assert res["pixels"]["knn"]["accuracy"] == knn_accuracy(X[tr], y[tr], X[te], y[te], 20)
+    with threadpool_limits(1):
+        km = clustering_scores(X, y, "kmeans", random_state=3)  # all rows: unsupervised
+    assert res["pixels"]["clustering"]["kmeans"] == pytest.approx(
+        {k: km[k] for k in ("nmi", "ami", "ari")}
+    )
     # Integer pixels give many near-equal cosines; float32 scores from a different BLAS thread
     # count may order those differently (docs/metrics.md, ranking rule), hence 1e-5.
     assert res["pixels"]["retrieval"]["test_to_train mAP"] == pytest.approx(
