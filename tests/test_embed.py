@@ -184,6 +184,24 @@ def test_cli_killed_mid_run_then_resumed_equals_one_run(tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
+def test_truncated_image_in_folder_skip_then_raise(dino, tmp_path):
+    images = copy_cifar(tmp_path / "images", 2)
+    bad = images / "cat" / "0000.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
+    kw = {"shard_size": 4, "show_progress_bar": False}
+    result = embed_dataset(images, str(dino), tmp_path / "out", on_error="skip", **kw)
+    assert [(s["id"], s["modality"]) for s in result["skipped"]] == [("cat/0000.jpg", "image")]
+    emb, meta = load_embedding_dir(tmp_path / "out")
+    assert meta["id"] == ["airplane/0000.jpg", "airplane/0001.jpg", "cat/0001.jpg",
+                          "ship/0000.jpg", "ship/0001.jpg"]
+    assert meta["label"] == ["airplane", "airplane", "cat", "ship", "ship"]
+    direct = load_encoder(str(dino), device="cpu").encode_images([images / i for i in meta["id"]])
+    np.testing.assert_allclose(emb, direct, atol=1e-5)
+    # The same folder under on_error="raise": the shard that skipped is not silently reused.
+    with pytest.raises(InputError, match="cat/0000.jpg"):
+        embed_dataset(images, str(dino), tmp_path / "out", on_error="raise", **kw)
+
+
 def write_manifest(tmp_path, rows, kind):
     path = tmp_path / f"pairs.{kind}"
     if kind == "csv":

@@ -121,7 +121,8 @@ def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: in
     for spec in specs:
         marker = shard_io.read_shard_marker(out_dir, spec["index"], format)
         if marker is not None and marker.get("key") == spec["key"]:
-            continue
+            if not (on_error == "raise" and marker.get("skipped")):
+                continue  # (a shard that skipped bad inputs is redone, and fails, under "raise")
         if marker is not None:
             logger.info("shard %d was made with another model or input; recomputing", spec["index"])
         pending.append(spec)
