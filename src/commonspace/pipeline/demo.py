@@ -133,7 +133,10 @@ def _prepare_digits(out: Path, config: dict, timings: dict) -> dict:
         unique = sorted(set(captions))
         table = encoder.encode_texts(unique)
         row = {c: i for i, c in enumerate(unique)}
-        text_expert = table[[row[c] for c in captions]].astype(np.float32)
+        caption_row = np.array([row[c] for c in captions])
+        # every text-side step runs on the distinct captions, then rows are expanded: equal
+        # captions get bit-identical vectors (exact score ties, not float noise)
+        text_expert = table[caption_row].astype(np.float32)
         pca = PCA(n_components=32, random_state=seed).fit(pixels[~test].reshape(-1, 64))
         image_expert = pca.transform(pixels.reshape(-1, 64)).astype(np.float32)
 
@@ -148,14 +151,16 @@ def _prepare_digits(out: Path, config: dict, timings: dict) -> dict:
                       labels={"image": y[~test], "text": y[~test]},
                       callback=lambda m, it: bar.update(1))
         cross_image = model.transform(pixels, modality="image")
-        cross_text = model.transform(text_expert[:, None, :], modality="text")
+        cross_table = model.transform(table[:, None, :], modality="text")
+        cross_text = cross_table[caption_row]
 
     with _step(timings, "3 KrossFuse"):
         fuser = KrossFuse(cross_dim=64, expert_dims={"image": 32, "text": encoder.dim}, C=1.0,
                           kernel="cosine", method="rp", n_components=config["n_components"],
                           random_state=seed).fit()
         fused_image = fuser.transform(modality="image", cross=cross_image, expert=image_expert)
-        fused_text = fuser.transform(modality="text", cross=cross_text, expert=text_expert)
+        fused_text = fuser.transform(modality="text", cross=cross_table,
+                                     expert=table)[caption_row]
 
     models_dir = out / "models"
     models_dir.mkdir(exist_ok=True)
@@ -326,8 +331,12 @@ def _evaluate(prep: dict, out: Path, config: dict, timings: dict) -> dict:
                 save_npy(emb_dir / f"{key.replace(' ', '_')}_{m}_test.npy", arr[test])
             if "image" in space and "text" in space:
                 a, b = space["image"][test], space["text"][test]
-                row["image->text"] = {"mAP": mean_average_precision(a, b, y[test], y[test])}
-                row["text->image"] = {"mAP": mean_average_precision(b, a, y[test], y[test])}
+                # duplicate captions give exactly tied scores: rank ties as one threshold
+                # (scikit-learn's average_precision_score), not by gallery position
+                row["image->text"] = {"mAP": mean_average_precision(
+                    a, b, y[test], y[test], ties="sklearn")}
+                row["text->image"] = {"mAP": mean_average_precision(
+                    b, a, y[test], y[test], ties="sklearn")}
             for m, arr in space.items():
                 if m == "image":  # captions name their digit: a text probe is trivially ~1.0
                     row["image probe"] = {"accuracy": linear_probe(
@@ -453,7 +462,8 @@ def _write_report(results: dict, out: Path) -> None:
     lines += ["## Setup", ""] + [f"- {k}: {v}" for k, v in results["data"].items()] + [""]
     lines += ["## Results (test split)", "", results_table(results["results"]),
               "mAP = mAP@all over the test gallery of the other modality, relevant = same "
-              "class; probe = logistic regression, C chosen on a validation split of train "
+              "class, equal scores (duplicate captions) ranked as one threshold as in "
+              "sklearn.metrics.average_precision_score; probe = logistic regression, C chosen on a validation split of train "
               "(commonspace.metrics.linear_probe); clustering = k-means (k = 10) NMI on the "
               "test embeddings. Protocols: docs/metrics.md.", "", "## Targets", ""]
     for t in results["targets"].values():
