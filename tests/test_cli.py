@@ -1,0 +1,69 @@
+"""The command line as a whole: help, examples, one-line errors, exit codes, --debug."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from commonspace.cli.main import COMMANDS, build_parser, main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "commonspace.cli.main", *map(str, args)],
+                          capture_output=True, text=True, env=ENV, timeout=120)
+
+
+def test_top_level_help_lists_every_command():
+    proc = run("--help")
+    assert proc.returncode == 0
+    listing = proc.stdout.split("positional arguments:")[1].split("options:")[0]
+    listed = [ln.split()[0] for ln in listing.splitlines() if ln.startswith("    ") and
+              not ln.startswith("     ")]
+    assert listed == ["embed", "fuse", "train", "eval", "index", "search", "demo"]
+    assert set(COMMANDS) == {"embed", "fuse", "train", "eval", "index", "search", "demo"}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help_with_an_example(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([name, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    examples = text.split("examples:", 1)
+    assert len(examples) == 2, f"`commonspace {name} --help` has no examples section"
+    assert f"commonspace {name}" in examples[1]
+    assert "not implemented" not in text
+    build_parser()  # every module registers without importing heavy libraries
+
+
+def test_user_errors_are_one_line_with_meaningful_exit_codes(tmp_path):
+    proc = run("search", "--index", tmp_path / "missing", "--vector", "1,2")
+    assert proc.returncode == 3  # missing file
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("commonspace search: error: no index at")
+    proc = run("search", "--index", tmp_path, "-k", "0", "--vector", "1,2")
+    assert proc.returncode == 2  # bad input
+    assert proc.stderr.startswith("commonspace search: error: -k must be at least 1")
+    proc = run("index", "--embeddings", tmp_path / "nope.npy", "--out", tmp_path / "i")
+    assert proc.returncode == 3 and "not found" in proc.stderr
+    proc = run("search", "--index", tmp_path)  # argparse: a query is required
+    assert proc.returncode == 2 and "one of the arguments" in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run("--debug", "search", "--index", tmp_path / "missing", "--vector", "1,2")
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "MissingFileError: no index at" in proc.stderr
+
+
+def test_help_is_fast_without_heavy_imports():
+    code = ("import sys; from commonspace.cli.main import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'faiss', 'open_clip', 'transformers') "
+            "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=ENV, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
