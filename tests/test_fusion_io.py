@@ -113,8 +113,11 @@ def test_transform_before_fit():
 def test_bad_parameters(params, match):
     full = dict(cross_dim=512, expert_dims={"image": 48})
     full.update(params)
+    fuser = KrossFuse(**full)
     with pytest.raises(InputError, match=match):
-        KrossFuse(**full).fit()
+        fuser.fit()
+    with pytest.raises(NotFittedError):  # a failed fit leaves no half-fitted fuser
+        fuser.transform("text", np.ones((2, 512), np.float32))
 
 
 def test_streaming_from_memmap_and_shards_matches_in_memory(tmp_path, coco):

@@ -132,6 +132,7 @@ class KrossFuse:
         experts : optional samples of the experts: ``{modality: (n, d) or [(n, d), ...]}``,
             or a list of (n, d_i) when ``cross_dim=None``. Only used by kernel="rbf".
         """
+        self.__dict__.pop("blocks_", None)  # a failed (re)fit leaves the fuser unfitted
         self._check_params()
         rng = check_random_state(self.random_state)
         self._cache = {}
@@ -164,12 +165,13 @@ class KrossFuse:
                 self.feature_dims_[name] = 2 * self.n_fourier_features
             else:
                 self.feature_dims_[name] = d
-        self.blocks_ = self._layout()
-        self.n_features_out_ = self.blocks_[-1]["stop"]
-        if self.method == "exact" and self.n_features_out_ > MAX_EXACT_FEATURES:
+        blocks = self._layout()
+        width = blocks[-1]["stop"]
+        if self.method == "exact" and width > MAX_EXACT_FEATURES:
             raise InputError(
-                f"method='exact' would give {self.n_features_out_:,} features per row "
+                f"method='exact' would give {width:,} features per row "
                 f"(> {MAX_EXACT_FEATURES:,}); use method='rp' or smaller dimensions")
+        self.blocks_, self.n_features_out_ = blocks, width
         self._draw(rng)
         return self
 
@@ -183,6 +185,8 @@ class KrossFuse:
                 raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not (isinstance(self.C, (int, float, np.number)) and self.C > 0):
             raise InputError(f"C must be a positive number, got {self.C!r}")
+        if isinstance(self.modalities, str):
+            raise InputError("modalities must be a list of names, e.g. ['image', 'text']")
         if self.cross_dim is None:
             if isinstance(self.expert_dims, dict) or not self.expert_dims:
                 raise InputError("cross_dim=None fuses embeddings of one modality: give "
