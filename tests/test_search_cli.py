@@ -103,17 +103,22 @@ def test_text_query_through_the_query_model(tmp_path):
 
     sentences = ["A man is riding a horse on the beach.", "Two kittens sleep on a sofa.",
                  "The stock market fell sharply today.", "A chef is cooking pasta."]
+    from commonspace.pipeline.embed import embed_dataset
+    from commonspace.pipeline.shards import load_embedding_dir
+
     encoder = load_encoder("st:all-MiniLM-L6-v2")
-    emb = encoder.encode_texts(sentences)
-    save_parquet(tmp_path / "s.parquet", emb, text=sentences)
-    code, _, err = cli("index", "--embeddings", f"text={tmp_path / 's.parquet'}", "--out",
-                       tmp_path / "idx", "--query-model", "st:all-MiniLM-L6-v2")
+    (tmp_path / "s.txt").write_text("\n".join(sentences) + "\n")
+    embed_dataset(tmp_path / "s.txt", encoder, tmp_path / "emb", show_progress_bar=False)
+    emb, meta = load_embedding_dir(tmp_path / "emb")  # the folder `commonspace embed` writes
+    code, _, err = cli("index", "--embeddings", tmp_path / "emb", "--out", tmp_path / "idx",
+                       "--query-model", "st:all-MiniLM-L6-v2")
     assert code == 0, err
     code, out, err = cli("search", "--index", tmp_path / "idx", "--text",
                          "cats napping on a couch", "-k", "2", "--json")
     assert code == 0, err
     hits = json.loads(out)["hits"]
-    assert hits[0]["source"] == "Two kittens sleep on a sofa."
+    assert hits[0]["row"] == 1 and hits[0]["modality"] == "text"
+    assert hits[0]["id"] == meta["id"][1] and hits[0]["source"] == meta["source"][1]
     expected = encoder.encode_texts(["cats napping on a couch"])
     assert hits[0]["score"] == pytest.approx(float(expected[0] @ emb[1]), abs=1e-4)
 
