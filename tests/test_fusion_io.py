@@ -232,3 +232,30 @@ def test_interrupted_cli_run_leaves_no_output(files, monkeypatch):
                  "--batch-size", "50", "--out", str(files / "z.npy"), "--no-progress"])
     assert code == 130 and calls["n"] == 3
     assert not (files / "z.npy").exists() and _no_temp_files(files)
+
+
+def test_cli_killed_by_a_signal_leaves_no_output(tmp_path, coco):
+    """A real `commonspace fuse` process interrupted (SIGINT) while it writes its output."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images, _, expert = coco
+    np.save(tmp_path / "x.npy", np.tile(images, (40, 1)))  # 20,000 rows: seconds of work
+    np.save(tmp_path / "e.npy", np.tile(expert, (40, 1)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "commonspace.cli.main", "fuse", "--cross", str(tmp_path / "x.npy"),
+         "--expert", str(tmp_path / "e.npy"), "--modality", "image", "--batch-size", "128",
+         "--out", str(tmp_path / "z.npy"), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not [p for p in tmp_path.iterdir()
+                                          if p.name.startswith(".z.npy")]:
+        time.sleep(0.01)
+    time.sleep(0.2)  # a few chunks written
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not (tmp_path / "z.npy").exists() and _no_temp_files(tmp_path)
