@@ -43,6 +43,16 @@ def test_embedding_files_round_trip(tmp_path, suffix):
     assert [p.name for p in tmp_path.iterdir()] == [f"e{suffix}"]  # no temporary left behind
 
 
+def test_atomic_write_gives_ordinary_permissions(tmp_path):
+    import os
+
+    io.save_npy(tmp_path / "a.npy", np.zeros((2, 2)))
+    with open(tmp_path / "b.npy", "wb") as f:  # what a plain write gives under this umask
+        np.save(f, np.zeros((2, 2)))
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777  # noqa: E731
+    assert mode("a.npy") == mode("b.npy")
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "out.npy"
     with pytest.raises(RuntimeError):

@@ -38,6 +38,10 @@ def atomic_path(path, suffix: str | None = None):
     )
     os.close(fd)
     tmp = Path(tmp)
+    # mkstemp creates the file 0600; give it the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         os.replace(tmp, path)
