@@ -58,7 +58,8 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
         prev = terms["objective"]
         elapsed += time.perf_counter() - t0
         history.append({"iteration": it + 1, **terms, "primal_residual": 0.0,
-                        "relative_change": change, "seconds": elapsed})
+                        "relative_change": change if math.isfinite(change) else None,
+                        "seconds": elapsed})
         if progress is not None:
             progress(history[-1])
         if callback is not None:

@@ -16,6 +16,7 @@ of the objective (evaluated at ``U = F``) both fall below ``tol``, or after ``ma
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -68,7 +69,8 @@ def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, i
         prev = terms["objective"]
         elapsed += time.perf_counter() - t0
         history.append({"iteration": it + 1, **terms, "primal_residual": primal,
-                        "relative_change": change, "rho": rho, "seconds": elapsed})
+                        "relative_change": change if math.isfinite(change) else None,
+                        "rho": rho, "seconds": elapsed})
         rho = min(mu * rho, rho_max)
         if progress is not None:
             progress(history[-1])
