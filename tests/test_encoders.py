@@ -106,6 +106,26 @@ def test_openclip_matches_the_model_called_directly(openclip_dir):
     np.testing.assert_allclose(enc.encode_texts(texts, batch_size=2, normalize=False), ref_t, atol=1e-5)
 
 
+def test_openclip_registered_config_plus_checkpoint_file(openclip_dir, tmp_path):
+    import open_clip
+
+    folder, original = openclip_dir
+    config = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "TinyTestCLIP.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path / "configs")
+    enc = load_encoder(f"openclip:TinyTestCLIP/{folder / 'open_clip_pytorch_model.bin'}", device="cpu")
+    texts = ["a ship", "a cat on a mat"]
+    tokens = open_clip.get_tokenizer("TinyTestCLIP")(texts)
+    with torch.no_grad():
+        ref = original.encode_text(tokens).numpy()
+    np.testing.assert_allclose(enc.encode_texts(texts, normalize=False), ref, atol=1e-5)
+    # No preprocess_cfg travels with a bare checkpoint: open_clip's defaults at the model's size.
+    assert enc.preprocessing["preprocess_cfg"]["size"] == [OC_SIZE, OC_SIZE]
+    with pytest.raises(InputError, match="names no weights"):
+        load_encoder("openclip:TinyTestCLIP", device="cpu")
+
+
 def test_image_inputs_paths_pil_arrays_and_workers_agree(openclip_dir):
     folder, _ = openclip_dir
     enc = load_encoder(str(folder), device="cpu")
