@@ -27,16 +27,23 @@ def sklearn_map(queries, gallery, yq, yg):
     return np.mean([average_precision_score(yg == yq[i], scores[i]) for i in range(len(q))])
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "report"
+def run_quick_demo(out):
     code, stdout, stderr = cli("demo", "--quick", "--max-iter", "5", "--out", out)
     assert code == 0, stderr
     assert f"report written to {out}/results.md" in stdout
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_report_folder_is_complete(report):
+def test_quick_demo_end_to_end(tmp_path):
+    """One demo run (under pytest-xdist a shared fixture would run once per worker)."""
+    report = run_quick_demo(tmp_path / "report")
+    check_report_folder_is_complete(report)
+    check_reported_map_equals_an_independent_recomputation(report)
+    check_labels_and_split_are_the_documented_ones(report)
+    check_demo_index_is_searchable_from_the_saved_embeddings(report)
+
+
+def check_report_folder_is_complete(report):
     out, results = report
     for name in ("results.md", "results.json", "query_image.png", "plots/cnn_convergence.png",
                  "plots/similarity_cross.png", "plots/similarity_fused.png",
@@ -52,7 +59,7 @@ def test_report_folder_is_complete(report):
     assert not list(out.rglob("*.tmp"))  # atomic writes left nothing behind
 
 
-def test_reported_map_equals_an_independent_recomputation(report):
+def check_reported_map_equals_an_independent_recomputation(report):
     out, results = report
     emb, y = out / "embeddings", np.load(out / "embeddings" / "labels_test.npy")
     assert len(y) == 360
@@ -73,7 +80,7 @@ def test_reported_map_equals_an_independent_recomputation(report):
         gap <= 0.01 and abs(fused["text->image"]["mAP"] - cross["text->image"]["mAP"]) <= 0.01)
 
 
-def test_labels_and_split_are_the_documented_ones(report):
+def check_labels_and_split_are_the_documented_ones(report):
     from sklearn.datasets import load_digits
 
     out, _ = report
@@ -83,7 +90,7 @@ def test_labels_and_split_are_the_documented_ones(report):
     np.testing.assert_array_equal(np.load(out / "embeddings/labels_train.npy"), target[keep])
 
 
-def test_demo_index_is_searchable_from_the_saved_embeddings(report):
+def check_demo_index_is_searchable_from_the_saved_embeddings(report):
     out, _ = report
     fused = np.load(out / "embeddings" / "fused_image_test.npy")
     np.save(out / "q.npy", fused[[0, 7]])
