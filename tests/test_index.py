@@ -199,3 +199,30 @@ def test_query_embedder_recipe_round_trips(tmp_path):
         loaded.search_query("seven", "text")
     with pytest.raises(MissingFileError, match="not found"):
         loaded.search_query(str(tmp_path / "nope.png"), "image")
+
+
+def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path):
+    """Audio files -> MFCC sequences -> a CrossModelCNN saved in the index -> search."""
+    from sklearn.datasets import load_digits
+
+    from commonspace import CrossModelCNN
+    from commonspace.data import list_fsdd
+    from commonspace.encoders import load_encoder
+
+    recs = [r for r in list_fsdd() if r["speaker"] == "jackson" and r["index"] < 3]
+    paths = [str(r["path"]) for r in recs]
+    audio = load_encoder("mfcc").encode_audio(paths)
+    digits = load_digits()
+    model = CrossModelCNN(dim=8, window={"audio": 3, "image": 3}, max_iter=2, random_state=0,
+                          pad_short=True)
+    model.fit({"audio": audio, "image": digits.images[:30]},
+              labels={"audio": [r["digit"] for r in recs], "image": digits.target[:30]})
+    index = EmbeddingIndex().add("audio", model.transform(audio, modality="audio"),
+                                 sources=paths)
+    index.query_embedder = QueryEmbedder(
+        {"audio": {"steps": [{"op": "encoder", "model": "mfcc"},
+                             {"op": "transform", "object": "cnn", "modality": "audio"}]}},
+        {"cnn": model})
+    loaded = EmbeddingIndex.load(index.save(tmp_path / "idx"))
+    hit = loaded.search_query(paths[4], "audio", k=1).hits(0)[0]
+    assert hit["source"] == paths[4] and hit["score"] == pytest.approx(1.0, abs=1e-5)
