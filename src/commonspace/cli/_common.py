@@ -6,7 +6,13 @@ import argparse
 
 
 class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Keeps the examples' line breaks; appends a default only where it says something."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS):
+            return help_text
+        return super()._get_help_string(action)
 
 
 def add_command(subparsers, name: str, help: str, description: str, examples: str):
