@@ -5,13 +5,23 @@ iteration does:
 
 1. U-step: all ``U^k`` jointly, exactly (linear system; see :meth:`Problem.u_step`);
 2. Theta-step: ridge regression of the one-hot labels on ``U`` (closed form);
-3. W-step: ``inner_steps`` mini-batch Adam steps per modality on
+3. W-step: ``inner_steps`` mini-batch Adam passes per modality on
    ``gamma ||W^k||^2 + rho/(2 n_k) ||U^k + Lambda^k/rho - F^k(W^k)||^2`` (autograd through the
-   max-pool);
+   max-pool), with step size ``learning_rate * rho_0 / rho`` (see below);
 4. ``Lambda^k <- Lambda^k + rho (U^k - F^k)``; ``rho <- min(mu rho, rho_max)``.
 
 It stops when the primal residual ``sqrt(sum_k ||U^k - F^k||^2 / n_k)`` and the relative change
 of the objective (evaluated at ``U = F``) both fall below ``tol``, or after ``max_iter``.
+
+Why the W-step's step size shrinks as ``1/rho``: the U-step is a proximal step of length
+``~1/rho`` from ``F``, so as ``rho`` grows the targets move less and less. Plain gradient
+descent on the ``rho``-scaled W-loss would shrink its steps with them, but Adam is invariant to
+the scale of the loss: at a fixed learning rate its steps (and its mini-batch noise) stay the same
+size while the signal shrinks, the network stops fitting the targets, the primal residual stops
+falling and the objective at ``U = F`` rises again. Scaling the learning rate by ``rho_0 / rho``
+restores gradient descent's behaviour (measured on Wikipedia: the residual falls 0.56 -> 0.07 in
+36 iterations and the objective decreases, where a fixed rate left the residual at 0.3-0.5 and
+the objective rising after iteration 20).
 """
 
 from __future__ import annotations
@@ -50,19 +60,23 @@ def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, i
     Lam = np.zeros_like(F)
     theta = problem.theta_step(F, gamma)
     history, prev, elapsed = [], None, 0.0
+    rho0 = rho
     for it in range(max_iter):
         t0 = time.perf_counter()
         U = problem.u_step(F, Lam, theta, rho, U0=U)
         theta = problem.theta_step(U, gamma, Theta0=theta)
         target = U + Lam / rho
+        for opt in opts.values():
+            for group in opt.param_groups:
+                group["lr"] = learning_rate * rho0 / rho
         for k in problem.names:
             sl = problem.slice(k)
             _w_step(nets[k], opts[k], data[k], torch.from_numpy(target[sl]).float(), rho, gamma,
                     inner_steps, batch_size, gen)
         F = network_outputs(nets, data, problem)
         D = U - F
-        Lam += rho * D
         primal = float(np.sqrt((problem.penalty_weight[:, None] * D ** 2).sum()))
+        Lam += rho * D
         terms = objective_terms(problem, F, theta, nets, gamma)
         change = (abs(terms["objective"] - prev) / max(abs(prev), 1e-12)
                   if prev is not None else float("inf"))
