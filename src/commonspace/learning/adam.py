@@ -18,7 +18,10 @@ from commonspace.learning.admm import network_outputs, objective_terms
 
 def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batch_size, rng,
                callback=None, progress=None):
-    """Run Adam in place on ``nets``; returns ``(theta (r, C), history list of dicts)``."""
+    """Run Adam in place on ``nets``; returns ``(theta (r, C), history list of dicts)``.
+
+    Stops early when ``callback(iteration, theta, history)`` returns True.
+    """
     names = problem.names
     r = next(iter(nets.values())).layers[-1].out_channels
     C = max(problem.C, 1)
@@ -62,8 +65,8 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
                         "seconds": elapsed})
         if progress is not None:
             progress(history[-1])
-        if callback is not None:
-            callback(it + 1, th, history)
+        if callback is not None and callback(it + 1, th, history):
+            break
         if change < tol:
             break
     return theta.detach().double().numpy(), history

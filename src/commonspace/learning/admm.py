@@ -52,7 +52,10 @@ def objective_terms(problem, F, theta, nets, gamma):
 
 def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, inner_steps,
                learning_rate, batch_size, rng, callback=None, progress=None):
-    """Run ADMM in place on ``nets``; returns ``(theta (r, C), history list of dicts)``."""
+    """Run ADMM in place on ``nets``; returns ``(theta (r, C), history list of dicts)``.
+
+    Stops early when ``callback(iteration, theta, history)`` returns True.
+    """
     opts = {k: torch.optim.Adam(nets[k].parameters(), lr=learning_rate) for k in problem.names}
     gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
     F = network_outputs(nets, data, problem)
@@ -88,8 +91,8 @@ def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, i
         rho = min(mu * rho, rho_max)
         if progress is not None:
             progress(history[-1])
-        if callback is not None:
-            callback(it + 1, theta, history)
+        if callback is not None and callback(it + 1, theta, history):
+            break
         if primal < tol and change < tol:
             break
     return theta, history

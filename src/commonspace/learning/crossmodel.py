@@ -12,6 +12,7 @@ import torch
 from commonspace._validation import check_choice, check_is_fitted, check_random_state
 from commonspace.exceptions import InputError, MissingFileError
 from commonspace.io import atomic_path
+from commonspace.learning.early_stopping import Monitor, split_validation
 from commonspace.learning.network import ACTIVATIONS, SequenceCNN, forward_batched
 from commonspace.learning.objective import Problem
 from commonspace.learning.relevance import build_relevance
@@ -50,6 +51,13 @@ class CrossModelCNN:
     learning_rate : Adam step size (ADMM W-step and the Adam solver).
     batch_size : mini-batch size (``None``: full batches).
     newton_iter : L-BFGS iterations of the U/Theta steps with ``loss="softmax"``.
+    early_stopping : hold out a stratified ``validation_fraction`` of the training items
+        (same indices in every modality with ``relevance="pairs"``), measure their mean
+        cross-modal mAP@all after every iteration, stop after ``n_iter_no_change`` iterations
+        without improvement and restore the best iteration's weights (see
+        :mod:`commonspace.learning.early_stopping`). Sets ``validation_scores_``,
+        ``best_validation_score_``, ``best_iter_``, ``validation_indices_`` (held-out row
+        indices into each modality's ``X``) and ``history_[i]["validation_score"]``.
     n_threads : torch threads during fit/transform (restored afterwards); ``None`` leaves
         torch's setting. The networks are small: one thread is fastest on a shared machine.
     random_state : seed of the weight initialisation and batch order.
@@ -59,7 +67,8 @@ class CrossModelCNN:
     def __init__(self, dim=64, window=1, alpha=1.0, beta=1.0, gamma=1e-4, solver="admm",
                  loss="squared", activation="relu", hidden=(), pad_short=False, standardize=True,
                  max_iter=100, tol=1e-4, rho=10.0, mu=1.05, rho_max=1000.0, inner_steps=5,
-                 learning_rate=1e-2, batch_size=1024, newton_iter=20, n_threads=1,
+                 learning_rate=1e-2, batch_size=1024, newton_iter=20, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=10, n_threads=1,
                  random_state=None, verbose=False):
         self.dim = dim
         self.window = window
@@ -81,13 +90,17 @@ class CrossModelCNN:
         self.learning_rate = learning_rate
         self.batch_size = batch_size
         self.newton_iter = newton_iter
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.n_threads = n_threads
         self.random_state = random_state
         self.verbose = verbose
 
     _PARAMS = ("dim", "window", "alpha", "beta", "gamma", "solver", "loss", "activation",
                "hidden", "pad_short", "standardize", "max_iter", "tol", "rho", "mu", "rho_max",
-               "inner_steps", "learning_rate", "batch_size", "newton_iter", "n_threads",
+               "inner_steps", "learning_rate", "batch_size", "newton_iter", "early_stopping",
+               "validation_fraction", "n_iter_no_change", "n_threads",
                "random_state",
                "verbose")
 
@@ -125,22 +138,36 @@ class CrossModelCNN:
         if len(set(names)) != len(names):
             raise InputError("modality names must be distinct strings")
         windows = self._windows(names)
-        data, stats, n_features, sizes = {}, {}, {}, {}
+        raw, sizes = {}, {}
         for k in X:
             padded, lengths = as_padded(X[k], name=f"X[{k!r}]")
-            padded, lengths = fit_window(padded, lengths, windows[str(k)], self.pad_short,
-                                         name=f"X[{k!r}]")
+            raw[str(k)] = fit_window(padded, lengths, windows[str(k)], self.pad_short,
+                                     name=f"X[{k!r}]")
+            sizes[str(k)] = raw[str(k)][0].shape[0]
+        enc_labels, classes = self._encode_labels(labels, sizes)
+        rng = check_random_state(self.random_state)
+        val_raw = val_labels = None
+        if self.early_stopping:
+            split = split_validation(sizes, enc_labels, relevance,
+                                     float(self.validation_fraction), rng)
+            self.validation_indices_ = {k: split[k][0] for k in names}
+            val_raw = {k: (raw[k][0][split[k][0]], raw[k][1][split[k][0]]) for k in names}
+            val_labels = {k: (enc_labels[k][split[k][0]] if enc_labels and k in enc_labels
+                              else split[k][0]) for k in names}
+            raw = {k: (raw[k][0][split[k][1]], raw[k][1][split[k][1]]) for k in names}
+            if enc_labels:
+                enc_labels = {k: y[split[k][1]] for k, y in enc_labels.items()}
+            sizes = {k: len(split[k][1]) for k in names}
+        data, stats, n_features = {}, {}, {}
+        for k in names:
+            padded, lengths = raw[k]
             mean, scale = _standardizer(padded, lengths, self.standardize)
-            k = str(k)
             stats[k] = (mean, scale)
             n_features[k] = padded.shape[2]
-            sizes[k] = padded.shape[0]
             data[k] = (torch.from_numpy(_apply(padded, lengths, mean, scale)),
                        torch.from_numpy(lengths))
-        enc_labels, classes = self._encode_labels(labels, sizes)
         rel = build_relevance(sizes, enc_labels, relevance, len(classes))
         problem = Problem(sizes, rel, enc_labels, len(classes), self.alpha, self.beta, self.loss)
-        rng = check_random_state(self.random_state)
         torch.manual_seed(int(rng.integers(2**31)))
         nets = {k: SequenceCNN(n_features[k], self.dim, windows[k], self.activation,
                                tuple(self.hidden)) for k in names}
@@ -152,12 +179,22 @@ class CrossModelCNN:
         self.scale_ = {k: s[1] for k, s in stats.items()}
         self.classes_ = classes
         self.nets_ = nets
+        monitor = None
+        if self.early_stopping:
+            val_data = {k: (torch.from_numpy(_apply(*val_raw[k], *stats[k])),
+                            torch.from_numpy(val_raw[k][1])) for k in names}
+            monitor = Monitor(nets, val_data, val_labels, self.n_iter_no_change)
 
         def cb(it, theta, history):
+            stop = False
+            if monitor is not None:
+                stop = monitor.update(it, theta)
+                history[-1]["validation_score"] = monitor.scores[-1]
             self.theta_ = theta.astype(np.float32)
             self.history_ = history
             if callback is not None:
                 callback(self, it)
+            return stop
 
         progress = _printer(self.solver) if self.verbose else None
         common = dict(gamma=float(self.gamma), max_iter=int(self.max_iter), tol=float(self.tol),
@@ -175,6 +212,11 @@ class CrossModelCNN:
             from commonspace.learning.adam import solve_adam
 
             theta, history = solve_adam(problem, nets, data, **common)
+        if monitor is not None:
+            theta = monitor.restore()
+            self.validation_scores_ = list(monitor.scores)
+            self.best_validation_score_ = monitor.best_score
+            self.best_iter_ = monitor.best_iter
         for net in nets.values():
             net.eval()
         self.theta_ = theta.astype(np.float32)
@@ -275,6 +317,10 @@ class CrossModelCNN:
             raise InputError("need rho > 0, mu >= 1 and rho_max >= rho")
         if self.max_iter < 1:
             raise InputError(f"max_iter must be >= 1, got {self.max_iter}")
+        if not (isinstance(self.n_iter_no_change, (int, np.integer))
+                and self.n_iter_no_change >= 1):
+            raise InputError(f"n_iter_no_change must be a positive integer, "
+                             f"got {self.n_iter_no_change!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
