@@ -24,15 +24,6 @@ from commonspace.pipeline.readers import read_image_folder, read_manifest, read_
 from commonspace.pipeline.shards import load_embedding_dir, load_sequence_dir
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def save_dino(folder, seed=0, crop=28, hidden=32, layers=2):
     from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
 

@@ -15,15 +15,6 @@ from commonspace.exceptions import InputError, ModelNotAvailableError
 OC_MEAN, OC_STD, OC_SIZE = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3), 40
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def cifar_images(n_per_class=2, classes=("cat", "ship")):
     root = dataset_path("cifar10_sample")
     return [p for c in classes for p in sorted((root / c).glob("*.jpg"))[:n_per_class]]

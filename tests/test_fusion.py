@@ -27,16 +27,6 @@ def _stand_in_expert(x, dim, seed):
                    / np.sqrt(x.shape[1])).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tests run two pytest-xdist workers on two cores: a second OpenMP thread per worker only
-    # oversubscribes them (small matmuls then wait on busy cores). Restored after each test.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,6 @@ from commonspace.fusion import KrossFuse, transform_to_npy
 from commonspace.io import save_parquet
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    # Tests run two pytest-xdist workers on two cores: a second OpenMP thread per worker only
-    # oversubscribes them (small matmuls then wait on busy cores). Restored after each test.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def coco():
     images, captions = load_coco_clip_pairs()
