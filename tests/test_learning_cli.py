@@ -55,3 +55,28 @@ def test_train_cli_errors(tmp_path, capsys):
 def test_train_cli_bad_pairs(tmp_path, bad):
     assert main(["train", "--modality", bad, "--modality", "b=x.npy", "--out",
                  str(tmp_path)]) == 2
+
+
+def test_train_cli_early_stopping(tmp_path, capsys):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = np.arange(0, len(d.target), 6)
+    np.save(tmp_path / "rows.npy", (d.images[idx] / 16).astype(np.float32))
+    np.save(tmp_path / "flat.npy", (d.data[idx] / 16).astype(np.float32))
+    np.save(tmp_path / "y.npy", d.target[idx])
+    out = tmp_path / "out"
+    code = main(["-q", "train", "--modality", f"a={tmp_path / 'rows.npy'}",
+                 "--modality", f"b={tmp_path / 'flat.npy'}", "--labels", f"a={tmp_path / 'y.npy'}",
+                 "--labels", f"b={tmp_path / 'y.npy'}", "--window", "a=3", "--dim", "8",
+                 "--max-iter", "12", "--early-stopping", "--validation-fraction", "0.2",
+                 "--n-iter-no-change", "2", "--out", str(out)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    history = json.loads((out / "history.json").read_text())
+    scores = [h["validation_score"] for h in history]
+    assert summary["iterations"] == len(history) <= 12
+    assert summary["best_iteration"] == int(np.argmax(scores)) + 1
+    assert summary["best_validation_map"] == pytest.approx(max(scores), abs=1e-6)
+    model = CrossModelCNN.load(out / "model.pt")
+    assert model.early_stopping and model.validation_fraction == 0.2

@@ -73,6 +73,13 @@ def register(subparsers):
     p.add_argument("--inner-steps", type=int, default=5, help="passes per ADMM W-step")
     p.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate")
     p.add_argument("--batch-size", type=int, default=1024, help="0 = full batches")
+    p.add_argument("--early-stopping", action="store_true",
+                   help="hold out a stratified part of the training data, stop when its "
+                        "cross-modal mAP stops improving and keep the best iteration")
+    p.add_argument("--validation-fraction", type=float, default=0.1,
+                   help="share of the training items held out by --early-stopping")
+    p.add_argument("--n-iter-no-change", type=int, default=10,
+                   help="iterations without validation improvement before stopping")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder")
@@ -192,7 +199,9 @@ def run(args):
         activation=args.activation, hidden=tuple(args.hidden), pad_short=args.pad_short,
         max_iter=args.max_iter, tol=args.tol, rho=args.rho, mu=args.mu, rho_max=args.rho_max,
         inner_steps=args.inner_steps, learning_rate=args.lr,
-        batch_size=args.batch_size or None, n_threads=args.threads, random_state=args.seed)
+        batch_size=args.batch_size or None, early_stopping=args.early_stopping,
+        validation_fraction=args.validation_fraction, n_iter_no_change=args.n_iter_no_change,
+        n_threads=args.threads, random_state=args.seed)
     bar = tqdm(total=args.max_iter, desc=f"train ({args.solver})", unit="it",
                disable=getattr(args, "quiet", False))
 
@@ -210,7 +219,11 @@ def run(args):
     plot_convergence({args.solver: model.history_}, out / "convergence.png",
                      title=f"CrossModelCNN ({args.solver})")
     last = model.history_[-1]
-    print(json.dumps({"iterations": model.n_iter_, "objective": round(last["objective"], 6),
-                      "primal_residual": round(last["primal_residual"], 6),
-                      "seconds": round(last["seconds"], 2), "out": str(out)}))
+    summary = {"iterations": model.n_iter_, "objective": round(last["objective"], 6),
+               "primal_residual": round(last["primal_residual"], 6),
+               "seconds": round(last["seconds"], 2), "out": str(out)}
+    if args.early_stopping:
+        summary.update(best_iteration=model.best_iter_,
+                       best_validation_map=round(model.best_validation_score_, 6))
+    print(json.dumps(summary))
     return 0
