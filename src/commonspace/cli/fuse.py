@@ -147,7 +147,7 @@ def run(args) -> int:
     if out.suffix.lower() == ".npy":
         transform_to_npy(fuser, out, modality=args.modality, cross=cross_value,
                          expert=expert_value, batch_size=args.batch_size, dtype=dtype,
-                         progress=not args.no_progress)
+                         progress=not (args.no_progress or args.quiet))
     else:
         cross_all = None if cross is None else cross.read(0, cross.n_rows)
         ex = [e.read(0, e.n_rows) for e in experts]
