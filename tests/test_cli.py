@@ -67,3 +67,23 @@ def test_help_is_fast_without_heavy_imports():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=ENV, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("argv_one, argv_repeated", [
+    (["index", "--embeddings", "image=a.npy", "text=b.npy", "--labels", "image=y.txt",
+      "text=z.txt", "--out", "idx"],
+     ["index", "--embeddings", "image=a.npy", "--embeddings", "text=b.npy", "--labels",
+      "image=y.txt", "--labels", "text=z.txt", "--out", "idx"]),
+    (["train", "--modality", "a=a.npy", "b=b.npy", "--labels", "a=ya.npy", "b=yb.npy",
+      "--out", "m"],
+     ["train", "--modality", "a=a.npy", "--modality", "b=b.npy", "--labels", "a=ya.npy",
+      "--labels", "b=yb.npy", "--out", "m"]),
+    (["eval", "--embeddings", "x=x.npy", "y=y.npy", "--out", "r"],
+     ["eval", "--embeddings", "x=x.npy", "--embeddings", "y=y.npy", "--out", "r"]),
+])
+def test_name_path_lists_take_one_flag_or_a_repeated_flag(argv_one, argv_repeated):
+    from commonspace.cli.main import build_parser
+
+    one, repeated = build_parser().parse_args(argv_one), build_parser().parse_args(argv_repeated)
+    assert vars(one) == vars(repeated)
+    assert len(one.embeddings if argv_one[0] != "train" else one.modality) == 2

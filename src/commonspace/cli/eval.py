@@ -37,6 +37,7 @@ def register(subparsers):
     )
     p.add_argument(
         "--embeddings",
+        action="extend",
         nargs="+",
         required=True,
         metavar="NAME[:MODALITY]=PATH",
@@ -60,6 +61,7 @@ def register(subparsers):
     p.add_argument("--seed", type=int, default=0, help="seed of splits, probes and repeats")
     p.add_argument(
         "--class-embeddings",
+        action="extend",
         nargs="+",
         default=[],
         metavar="NAME=PATH",

@@ -24,14 +24,14 @@ def register(subparsers):
         "Vectors are L2-normalised and searched by inner product (cosine) unless --no-normalize.",
         examples=EXAMPLES,
     )
-    p.add_argument("--embeddings", nargs="+", required=True, metavar="[MODALITY=]PATH",
+    p.add_argument("--embeddings", action="extend", nargs="+", required=True, metavar="[MODALITY=]PATH",
                    help="embedding files (.npy/.parquet) named by modality, or embed folders")
     p.add_argument("--out", required=True, help="index folder to write")
-    p.add_argument("--labels", nargs="*", default=[], metavar="MODALITY=PATH",
+    p.add_argument("--labels", action="extend", nargs="+", default=[], metavar="MODALITY=PATH",
                    help="per-row labels: .npy or a text file with one label per line")
-    p.add_argument("--sources", nargs="*", default=[], metavar="MODALITY=PATH",
+    p.add_argument("--sources", action="extend", nargs="+", default=[], metavar="MODALITY=PATH",
                    help="per-row source (file path or text): a text file, one per line")
-    p.add_argument("--ids", nargs="*", default=[], metavar="MODALITY=PATH",
+    p.add_argument("--ids", action="extend", nargs="+", default=[], metavar="MODALITY=PATH",
                    help="per-row ids: a text file, one per line (default MODALITY-ROW)")
     p.add_argument("--factory", default="Flat",
                    help="FAISS factory string: Flat (exact), IVF1024,Flat, HNSW32, IVF1024,PQ16")

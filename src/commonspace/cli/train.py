@@ -41,17 +41,17 @@ def register(subparsers):
         "variable-length arrays (np.savez(path, *seqs)) or with keys padded/lengths.",
         examples=EXAMPLES,
     )
-    p.add_argument("--modality", action="append", required=True, metavar="NAME=PATH",
+    p.add_argument("--modality", action="extend", nargs="+", required=True, metavar="NAME=PATH",
                    help="sequences of one modality (repeat for each, at least two)")
-    p.add_argument("--lengths", action="append", default=[], metavar="NAME=PATH",
+    p.add_argument("--lengths", action="extend", nargs="+", default=[], metavar="NAME=PATH",
                    help="(n,) lengths of a padded (n, m, d) .npy modality")
-    p.add_argument("--labels", action="append", default=[], metavar="NAME=PATH",
+    p.add_argument("--labels", action="extend", nargs="+", default=[], metavar="NAME=PATH",
                    help="(n,) class labels of a modality (.npy)")
-    p.add_argument("--relevance", action="append", default=[], metavar="A,B=PATH",
+    p.add_argument("--relevance", action="extend", nargs="+", default=[], metavar="A,B=PATH",
                    help="explicit relevance matrix between modalities A and B (.npy or .npz)")
     p.add_argument("--pairs", action="store_true",
                    help="relevance by pairing: item i of every modality is one pair")
-    p.add_argument("--window", action="append", default=[], metavar="NAME=H",
+    p.add_argument("--window", action="extend", nargs="+", default=[], metavar="NAME=H",
                    help="window length h of a modality (default 1)")
     p.add_argument("--dim", type=int, default=64, help="common-space dimension")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the relevance term")
