@@ -109,3 +109,17 @@ def test_torchvision_transforms_import_after_commonspace():
         "assert tuple(x.shape) == (3, 8, 8) and float(x.min()) == 1.0\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_save_figure_writes_a_png_atomically_and_closes_the_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    path = io.save_figure(fig, tmp_path / "p.png", dpi=50)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert [p.name for p in tmp_path.iterdir()] == ["p.png"]

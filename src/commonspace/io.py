@@ -68,6 +68,19 @@ def save_json(path, obj) -> Path:
     return path
 
 
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as PNG atomically, then close it (frees its memory)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return path
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from commonspace.io import atomic_path
+from commonspace.io import save_figure
 
 
 def plot_convergence(histories: dict, path, title: str = "") -> Path:
@@ -33,8 +33,4 @@ def plot_convergence(histories: dict, path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from commonspace._validation import check_matrix, check_random_state
 from commonspace.exceptions import InputError
-from commonspace.io import atomic_path
+from commonspace.io import save_figure
 from commonspace.metrics._ranking import l2_normalize
 
 
@@ -138,8 +136,5 @@ def plot_similarity_histograms(
     ax.set_title(f"{title or 'cosine similarities'} (modality gap {stats['gap']:.3f})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return stats

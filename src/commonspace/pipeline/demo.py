@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from commonspace.exceptions import InputError
-from commonspace.io import atomic_path, save_json, save_npy
+from commonspace.io import atomic_path, save_figure, save_json, save_npy
 
 log = logging.getLogger(__name__)
 
@@ -448,9 +448,7 @@ def _plot_grid(prep: dict, title: str, hits: list[dict], path: Path) -> None:
         ax.axis("off")
     fig.suptitle(f"query: \"{title}\" (label, cosine)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ---------------------------------------------------------------------------------- step 6
