@@ -45,3 +45,24 @@ def test_bad_audio_files(tmp_path):
         load_audio(bad)
     with pytest.raises(InputError, match="NaN"):
         mfcc_sequence(np.array([0.0, np.nan] * 200))
+
+
+def test_speed_perturbation_scales_duration_and_frequency():
+    from commonspace.encoders.audio import speed_perturb
+
+    sr = 8000
+    t = np.arange(sr) / sr
+    tone = np.sin(2 * np.pi * 500 * t).astype(np.float32)  # one second at 500 Hz
+    for factor in (0.9, 1.1):
+        out = speed_perturb(tone, factor, sr)
+        assert abs(len(out) - sr / factor) <= 1
+        spectrum = np.abs(np.fft.rfft(out))
+        peak_hz = np.argmax(spectrum) * sr / len(out)
+        assert abs(peak_hz - 500 * factor) < 3
+    assert speed_perturb(tone, 1.0, sr) is not None and len(speed_perturb(tone, 1.0, sr)) == sr
+    with pytest.raises(InputError, match="speed factor"):
+        speed_perturb(tone, 0.0, sr)
+    # through mfcc_sequence: a slower recording has more frames
+    path = list_fsdd()[3]["path"]
+    assert len(mfcc_sequence(path, speed=0.9)) > len(mfcc_sequence(path)) > len(
+        mfcc_sequence(path, speed=1.1))

@@ -16,7 +16,7 @@ from commonspace.learning.early_stopping import Monitor, split_validation
 from commonspace.learning.network import ACTIVATIONS, SequenceCNN, forward_batched
 from commonspace.learning.objective import Problem
 from commonspace.learning.relevance import build_relevance
-from commonspace.learning.sequences import as_padded, fit_window
+from commonspace.learning.sequences import append_position, as_padded, fit_window
 
 SOLVERS = ("admm", "adam")
 LOSSES = ("squared", "softmax")
@@ -40,8 +40,14 @@ class CrossModelCNN:
     loss : "squared" (one-hot targets; closed-form U and Theta steps) or "softmax"
         (cross-entropy; U and Theta steps become ``newton_iter`` L-BFGS iterations).
     activation : "relu", "tanh", "sigmoid" or "identity".
-    hidden : widths of extra per-window layers between the window convolution and the output
+    hidden : widths of extra layers between the window convolution and the output
         (default ``()``: one convolution layer, as in the paper).
+    hidden_window : kernel of the ``hidden`` layers in instances (default 1: per-window 1x1
+        layers); above 1 they are temporal convolutions and an item needs at least
+        ``window + (hidden_window - 1) * len(hidden)`` instances.
+    position : append each instance's relative position in its sequence (``l / (m_i - 1)``)
+        as an extra input feature, so filters can depend on where a pattern occurs (the
+        max-pool alone discards it); a bool for every modality or a dict modality -> bool.
     pad_short : zero-pad sequences shorter than the window (else they are an error).
     standardize : scale every input dimension to zero mean / unit variance (training statistics
         over all valid instances) before the network.
@@ -65,7 +71,7 @@ class CrossModelCNN:
     """
 
     def __init__(self, dim=64, window=1, alpha=1.0, beta=1.0, gamma=1e-4, solver="admm",
-                 loss="squared", activation="relu", hidden=(), pad_short=False, standardize=True,
+                 loss="squared", activation="relu", hidden=(), hidden_window=1, position=False, pad_short=False, standardize=True,
                  max_iter=100, tol=1e-4, rho=10.0, mu=1.05, rho_max=1000.0, inner_steps=5,
                  learning_rate=1e-2, batch_size=1024, newton_iter=20, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, n_threads=1,
@@ -79,6 +85,8 @@ class CrossModelCNN:
         self.loss = loss
         self.activation = activation
         self.hidden = hidden
+        self.hidden_window = hidden_window
+        self.position = position
         self.pad_short = pad_short
         self.standardize = standardize
         self.max_iter = max_iter
@@ -98,7 +106,7 @@ class CrossModelCNN:
         self.verbose = verbose
 
     _PARAMS = ("dim", "window", "alpha", "beta", "gamma", "solver", "loss", "activation",
-               "hidden", "pad_short", "standardize", "max_iter", "tol", "rho", "mu", "rho_max",
+               "hidden", "hidden_window", "position", "pad_short", "standardize", "max_iter", "tol", "rho", "mu", "rho_max",
                "inner_steps", "learning_rate", "batch_size", "newton_iter", "early_stopping",
                "validation_fraction", "n_iter_no_change", "n_threads",
                "random_state",
@@ -138,11 +146,15 @@ class CrossModelCNN:
         if len(set(names)) != len(names):
             raise InputError("modality names must be distinct strings")
         windows = self._windows(names)
-        raw, sizes = {}, {}
+        positions = self._per_modality(self.position, "position", names, False)
+        raw, sizes, n_features = {}, {}, {}
         for k in X:
             padded, lengths = as_padded(X[k], name=f"X[{k!r}]")
-            raw[str(k)] = fit_window(padded, lengths, windows[str(k)], self.pad_short,
+            raw[str(k)] = fit_window(padded, lengths, self._span(windows[str(k)]), self.pad_short,
                                      name=f"X[{k!r}]")
+            n_features[str(k)] = padded.shape[2]
+            if positions[str(k)]:
+                raw[str(k)] = (append_position(*raw[str(k)]), raw[str(k)][1])
             sizes[str(k)] = raw[str(k)][0].shape[0]
         enc_labels, classes = self._encode_labels(labels, sizes)
         rng = check_random_state(self.random_state)
@@ -158,22 +170,22 @@ class CrossModelCNN:
             if enc_labels:
                 enc_labels = {k: y[split[k][1]] for k, y in enc_labels.items()}
             sizes = {k: len(split[k][1]) for k in names}
-        data, stats, n_features = {}, {}, {}
+        data, stats = {}, {}
         for k in names:
             padded, lengths = raw[k]
             mean, scale = _standardizer(padded, lengths, self.standardize)
             stats[k] = (mean, scale)
-            n_features[k] = padded.shape[2]
             data[k] = (torch.from_numpy(_apply(padded, lengths, mean, scale)),
                        torch.from_numpy(lengths))
         rel = build_relevance(sizes, enc_labels, relevance, len(classes))
         problem = Problem(sizes, rel, enc_labels, len(classes), self.alpha, self.beta, self.loss)
         torch.manual_seed(int(rng.integers(2**31)))
-        nets = {k: SequenceCNN(n_features[k], self.dim, windows[k], self.activation,
-                               tuple(self.hidden)) for k in names}
+        nets = {k: SequenceCNN(n_features[k] + positions[k], self.dim, windows[k], self.activation,
+                               tuple(self.hidden), int(self.hidden_window)) for k in names}
 
         self.modalities_ = names
         self.window_ = windows
+        self.position_ = positions
         self.n_features_ = n_features
         self.mean_ = {k: s[0] for k, s in stats.items()}
         self.scale_ = {k: s[1] for k, s in stats.items()}
@@ -236,8 +248,10 @@ class CrossModelCNN:
                              f"{self.modalities_}")
         padded, lengths = as_padded(seqs, name=f"sequences of {modality!r}", lengths=lengths,
                                     n_features=self.n_features_[modality])
-        padded, lengths = fit_window(padded, lengths, self.window_[modality], self.pad_short,
+        padded, lengths = fit_window(padded, lengths, self.nets_[modality].span, self.pad_short,
                                      name=f"sequences of {modality!r}")
+        if self.position_[modality]:
+            padded = append_position(padded, lengths)
         x = _apply(padded, lengths, self.mean_[modality], self.scale_[modality])
         out = forward_batched(self.nets_[modality], torch.from_numpy(x),
                               torch.from_numpy(lengths))
@@ -256,6 +270,7 @@ class CrossModelCNN:
             "params": params,
             "modalities": list(self.modalities_),
             "window": dict(self.window_),
+            "position": dict(self.position_),
             "n_features": dict(self.n_features_),
             "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes_],
             "theta": torch.from_numpy(self.theta_),
@@ -283,9 +298,12 @@ class CrossModelCNN:
             raise InputError(f"{path} is not a CrossModelCNN file")
         params = state["params"]
         params["hidden"] = tuple(params["hidden"])
+        params.setdefault("hidden_window", 1)  # files written before these parameters existed
+        params.setdefault("position", False)
         model = cls(**params)
         model.modalities_ = list(state["modalities"])
         model.window_ = dict(state["window"])
+        model.position_ = dict(state.get("position") or dict.fromkeys(model.modalities_, False))
         model.n_features_ = dict(state["n_features"])
         model.classes_ = np.array(state["classes"])
         model.theta_ = state["theta"].numpy()
@@ -293,8 +311,9 @@ class CrossModelCNN:
         model.scale_ = {k: v.numpy() for k, v in state["scale"].items()}
         model.nets_ = {}
         for k in model.modalities_:
-            net = SequenceCNN(model.n_features_[k], params["dim"], model.window_[k],
-                              params["activation"], params["hidden"])
+            net = SequenceCNN(model.n_features_[k] + model.position_[k], params["dim"],
+                              model.window_[k], params["activation"], params["hidden"],
+                              params["hidden_window"])
             net.load_state_dict(state["nets"][k])
             net.eval()
             model.nets_[k] = net
@@ -321,21 +340,38 @@ class CrossModelCNN:
                 and self.n_iter_no_change >= 1):
             raise InputError(f"n_iter_no_change must be a positive integer, "
                              f"got {self.n_iter_no_change!r}")
+        if not (isinstance(self.hidden_window, (int, np.integer)) and self.hidden_window >= 1):
+            raise InputError(f"hidden_window must be a positive integer, "
+                             f"got {self.hidden_window!r}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
+    def _span(self, window):
+        return window + (int(self.hidden_window) - 1) * len(tuple(self.hidden))
+
     def _windows(self, names):
-        if isinstance(self.window, dict):
-            unknown = set(map(str, self.window)) - set(names)
-            if unknown:
-                raise InputError(f"window given for unknown modalities {sorted(unknown)}")
-            w = {k: self.window.get(k, 1) for k in names}
-        else:
-            w = {k: self.window for k in names}
+        w = self._per_modality(self.window, "window", names, 1)
         for k, h in w.items():
             if not (isinstance(h, (int, np.integer)) and h >= 1):
                 raise InputError(f"window of {k!r} must be a positive integer, got {h!r}")
         return {k: int(h) for k, h in w.items()}
+
+    @staticmethod
+    def _per_modality(value, name, names, default):
+        """A parameter given once for all modalities or as a dict modality -> value."""
+        if isinstance(value, dict):
+            unknown = set(map(str, value)) - set(names)
+            if unknown:
+                raise InputError(f"{name} given for unknown modalities {sorted(unknown)}")
+            value = {k: value.get(k, default) for k in names}
+        else:
+            value = dict.fromkeys(names, value)
+        if name == "position":
+            for k, v in value.items():
+                if not isinstance(v, (bool, np.bool_)):
+                    raise InputError(f"position of {k!r} must be True or False, got {v!r}")
+            value = {k: bool(v) for k, v in value.items()}
+        return value
 
     def _encode_labels(self, labels, sizes):
         if not labels:

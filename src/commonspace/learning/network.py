@@ -3,8 +3,10 @@
 Item ``i`` of length ``m_i`` has windows ``z_il`` (``l = 0 .. m_i - h``) of ``h`` consecutive
 ``d``-dim instances; ``u_i = max_l act(W^T z_il + b)`` in ``R^dim``. The window convolution is a
 ``Conv1d`` with kernel ``h``; windows that reach into the padding are masked out of the max.
-Optional ``hidden`` widths insert extra layers between the window convolution and the output,
-applied to every window (1x1 convolutions with the same activation) before the max-pool.
+Optional ``hidden`` widths insert extra layers between the window convolution and the output
+(same activation) before the max-pool: 1x1 convolutions by default (per-window layers), or
+temporal convolutions of ``hidden_window`` instances (a deeper CNN whose receptive field, the
+``span``, is ``window + (hidden_window - 1) * len(hidden)`` instances).
 """
 
 from __future__ import annotations
@@ -24,22 +26,23 @@ class SequenceCNN(nn.Module):
     """``(n, m, d)`` padded float32 + ``(n,)`` lengths -> ``(n, dim)`` common-space vectors."""
 
     def __init__(self, n_features: int, dim: int, window: int, activation: str = "relu",
-                 hidden: tuple = ()):
+                 hidden: tuple = (), hidden_window: int = 1):
         super().__init__()
         self.window = int(window)
         self.activation = activation
         widths = [int(w) for w in hidden] + [int(dim)]
         layers = [nn.Conv1d(n_features, widths[0], kernel_size=self.window)]
         for a, b in zip(widths[:-1], widths[1:], strict=False):
-            layers.append(nn.Conv1d(a, b, kernel_size=1))
+            layers.append(nn.Conv1d(a, b, kernel_size=int(hidden_window)))
         self.layers = nn.ModuleList(layers)
+        self.span = self.window + (int(hidden_window) - 1) * len(hidden)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         act = ACTIVATIONS[self.activation]
         h = x.transpose(1, 2)  # (n, d, m)
         for layer in self.layers:
             h = act(layer(h))  # (n, c, m - window + 1)
-        n_windows = lengths - self.window + 1
+        n_windows = lengths - self.span + 1
         valid = torch.arange(h.shape[2], device=h.device)[None, :] < n_windows[:, None]
         h = h.masked_fill(~valid[:, None, :], float("-inf"))
         return h.max(dim=2).values

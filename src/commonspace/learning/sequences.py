@@ -116,3 +116,18 @@ def fit_window(padded, lengths, window: int, pad_short: bool, name: str = "seque
         extra = np.zeros((padded.shape[0], window - padded.shape[1], padded.shape[2]), np.float32)
         padded = np.concatenate([padded, extra], axis=1)
     return padded, lengths
+
+
+def append_position(padded, lengths):
+    """Append each instance's relative position ``l / (m_i - 1)`` in ``[0, 1]`` as a last feature.
+
+    ``(n, m, d)`` -> ``(n, m, d + 1)`` float32; a length-1 item gets 0, padding stays 0. The
+    max-pool over windows discards where a pattern occurred; with this feature a filter can
+    respond to "pattern P near the start" differently from "P near the end" (word order in
+    speech, row order in an image).
+    """
+    n, m, _ = padded.shape
+    steps = np.arange(m, dtype=np.float32)[None, :]
+    pos = steps / np.maximum(lengths - 1, 1).astype(np.float32)[:, None]
+    pos[steps >= lengths[:, None]] = 0.0
+    return np.concatenate([padded, pos[:, :, None]], axis=2).astype(np.float32, copy=False)
