@@ -119,18 +119,20 @@ def wikipedia(features):
             np.sqrt(d["text_test"]), d["y_train"], d["y_test"])
 
 
-def fsdd_mfcc(cache_dir: Path):
-    """All FSDD recordings as per-recording-normalised MFCC sequences (cached .npz)."""
+def fsdd_mfcc(cache_dir: Path, speed: float = 1.0):
+    """All FSDD recordings as MFCC sequences (cached .npz), optionally speed-perturbed."""
     from commonspace.data import list_fsdd
     from commonspace.encoders.audio import mfcc_sequence
 
     items = list_fsdd()
-    cache = cache_dir / "fsdd_mfcc13_trim30_v1.npz"
+    name = "fsdd_mfcc13_trim30_v1" + ("" if speed == 1 else f"_speed{speed:g}")
+    cache = cache_dir / f"{name}.npz"
     if cache.exists():
         z = np.load(cache)
         seqs = np.split(z["frames"], np.cumsum(z["lengths"])[:-1])
     else:
-        seqs = [mfcc_sequence(it["path"], sr=8000, n_mfcc=13, trim_db=30) for it in items]
+        seqs = [mfcc_sequence(it["path"], sr=8000, n_mfcc=13, trim_db=30, speed=speed)
+                for it in items]
         lengths = np.array([len(s) for s in seqs])
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(".tmp.npz")
@@ -159,12 +161,22 @@ def pooled(seqs):
     return np.stack([np.concatenate([s.mean(0), s.std(0), s.max(0)]) for s in seqs])
 
 
+def pooled_thirds(seqs):
+    """Mean and standard deviation over frames plus the means of the first, middle and last
+    third of the frames (coarse temporal order): (n, 65)."""
+    return np.stack([np.concatenate([s.mean(0), s.std(0),
+                                     *[c.mean(0) for c in np.array_split(s, 3)]])
+                     for s in seqs])
+
+
 # ---------------------------------------------------------------- tasks
 WIKI_PARAMS = dict(dim=64, alpha=1.0, beta=1.0, gamma=1e-2, loss="softmax", batch_size=256,
                    learning_rate=3e-3, tol=0, random_state=0)
-FSDD_PARAMS = dict(dim=64, window={"audio": 3, "image": 3}, hidden=(128,), alpha=1.0, beta=1.0,
-                   gamma=1e-4, loss="softmax", batch_size=256, learning_rate=3e-3, tol=0,
-                   random_state=0)
+FSDD_PARAMS = dict(dim=64, window={"audio": 3, "image": 3}, hidden=(128,), position=True,
+                   alpha=1.0, beta=1.0, gamma=1e-4, loss="softmax", batch_size=256,
+                   learning_rate=3e-3, tol=0, random_state=0)
+# training recordings are also used played 0.9x and 1.1x as fast (speed perturbation)
+SPEEDS = (0.9, 1.1)
 # ADMM on FSDD: two W-step passes per iteration and 10 L-BFGS steps for the softmax U-step
 ADMM_EXTRA = {"admm": dict(inner_steps=2, newton_iter=10), "adam": {}}
 SPEAKERS = ["george", "jackson", "lucas", "nicolas", "theo", "yweweler"]
@@ -199,10 +211,12 @@ def bench_wikipedia(rows, plots, features, iters):
                      title=task)
 
 
-def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1):
+def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1,
+               speeds=SPEEDS):
     from commonspace.learning.plots import plot_convergence
 
     seqs, meta = fsdd_mfcc(cache)
+    perturbed = [fsdd_mfcc(cache, f)[0] for f in speeds]
     img_tr, yi_tr, img_te, yi_te = digits()
     rng = np.random.default_rng(0)
     splits = [("documented split", meta["index"] >= 5)] if documented else []
@@ -213,12 +227,14 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
     for name, train in splits:
         test = ~train & keep
         train = train & keep
-        a_tr = cmn([seqs[i] for i in np.flatnonzero(train)])
-        a_te = cmn([seqs[i] for i in np.flatnonzero(test)])
-        ya_tr, ya_te = meta["digit"][train], meta["digit"][test]
+        # training recordings plus their speed-perturbed copies, for every method
+        raw_tr = [src[i] for src in [seqs, *perturbed] for i in np.flatnonzero(train)]
+        raw_te = [seqs[i] for i in np.flatnonzero(test)]
+        a_tr, a_te = cmn(raw_tr), cmn(raw_te)
+        ya_tr = np.tile(meta["digit"][train], 1 + len(perturbed))
+        ya_te = meta["digit"][test]
         task = f"fsdd<->digits {name}"
-        pa_tr = pooled([seqs[i] for i in np.flatnonzero(train)])
-        pa_te = pooled([seqs[i] for i in np.flatnonzero(test)])
+        pa_tr, pa_te = pooled(raw_tr), pooled(raw_te)
         fi_tr, fi_te = img_tr.reshape(len(img_tr), -1), img_te.reshape(len(img_te), -1)
         # CCA needs pairs: pair every training recording with a random image of its class
         partner = np.array([rng.choice(np.flatnonzero(yi_tr == c)) for c in ya_tr])
@@ -228,6 +244,11 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
         t = time.perf_counter()
         pa, pb = scm_scores(pa_tr, ya_tr, fi_tr, yi_tr, pa_te, fi_te)
         out.append(("SCM (logistic)", *both(pa, pb, ya_te, yi_te), time.perf_counter() - t, ""))
+        t = time.perf_counter()
+        pa, pb = scm_scores(pooled_thirds(raw_tr), ya_tr, fi_tr, yi_tr, pooled_thirds(raw_te),
+                            fi_te)
+        out.append(("SCM (logistic, thirds)", *both(pa, pb, ya_te, yi_te),
+                    time.perf_counter() - t, ""))
         X = {"audio": a_tr, "image": img_tr}
         lab = {"audio": ya_tr, "image": yi_tr}
         Xte, Yte = {"audio": a_te, "image": img_te}, {"audio": ya_te, "image": yi_te}
@@ -274,6 +295,9 @@ def main(argv=None):
     ap.add_argument("--skip", nargs="*", default=[],
                     choices=["wikipedia", "fsdd", "fsdd-documented"],
                     help="leave out tasks (to run parts of the benchmark side by side)")
+    ap.add_argument("--speeds", nargs="*", type=float, default=list(SPEEDS),
+                    help="speed-perturbation factors added to the FSDD training audio "
+                         "(default: 0.9 1.1; none: no augmentation)")
     ap.add_argument("--speakers", nargs="*", default=None,
                     help="leave-one-speaker-out folds to run (default: all six)")
     args = ap.parse_args(argv)
@@ -293,7 +317,7 @@ def main(argv=None):
         iters = {"adam": 2, "admm": 2} if args.quick else {"adam": 20, "admm": 20}
         bench_fsdd(rows, out, Path(args.cache), speakers, iters,
                    documented="fsdd-documented" not in args.skip,
-                   subsample=4 if args.quick else 1)
+                   subsample=4 if args.quick else 1, speeds=tuple(args.speeds))
     print()
     print("A->B: image->text (Wikipedia), audio->image (FSDD); B->A the reverse. mAP@all.")
     print_table(rows)
