@@ -80,3 +80,24 @@ def test_train_cli_early_stopping(tmp_path, capsys):
     assert summary["best_validation_map"] == pytest.approx(max(scores), abs=1e-6)
     model = CrossModelCNN.load(out / "model.pt")
     assert model.early_stopping and model.validation_fraction == 0.2
+
+
+def test_train_cli_position_and_hidden_window(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    n = 30
+    y = np.arange(n) % 2
+    np.save(tmp_path / "a.npy", (rng.normal(size=(n, 6, 3)) + y[:, None, None]).astype("f4"))
+    np.save(tmp_path / "b.npy", (rng.normal(size=(n, 4, 2)) + y[:, None, None]).astype("f4"))
+    np.save(tmp_path / "y.npy", y)
+    base = ["-q", "train", "--modality", f"a={tmp_path / 'a.npy'}",
+            "--modality", f"b={tmp_path / 'b.npy'}", "--labels", f"a={tmp_path / 'y.npy'}",
+            "--labels", f"b={tmp_path / 'y.npy'}", "--dim", "4", "--max-iter", "2",
+            "--solver", "adam", "--hidden", "5", "--hidden-window", "2"]
+    assert main([*base, "--position", "a", "--out", str(tmp_path / "one")]) == 0
+    model = CrossModelCNN.load(tmp_path / "one" / "model.pt")
+    assert model.position_ == {"a": True, "b": False}
+    assert model.nets_["a"].span == 2 and model.nets_["a"].layers[0].in_channels == 4
+    assert main([*base, "--position", "--out", str(tmp_path / "all")]) == 0
+    assert CrossModelCNN.load(tmp_path / "all" / "model.pt").position_ == {"a": True, "b": True}
+    assert main([*base, "--position", "c", "--out", str(tmp_path / "bad")]) == 2
+    assert "--position names unknown modalities ['c']" in capsys.readouterr().err

@@ -24,7 +24,7 @@ from commonspace.exceptions import InputError, MissingFileError
 EXAMPLES = """
   commonspace train --modality audio=mfcc.npz --modality image=rows.npy \\
       --labels audio=y_audio.npy --labels image=y_image.npy \\
-      --window audio=5 --window image=3 --dim 64 --out model/
+      --window audio=5 --window image=3 --position --dim 64 --out model/
   commonspace train --modality image=img.npy --modality text=txt.npy --pairs \\
       --solver adam --max-iter 50 --out wiki_model/
   commonspace train --modality a=a.npy --modality b=b.npy --relevance a,b=R.npz --out m/
@@ -62,7 +62,13 @@ def register(subparsers):
     p.add_argument("--activation", choices=("relu", "tanh", "sigmoid", "identity"),
                    default="relu")
     p.add_argument("--hidden", type=int, nargs="*", default=[],
-                   help="widths of extra per-window layers")
+                   help="widths of extra layers after the window convolution")
+    p.add_argument("--hidden-window", type=int, default=1,
+                   help="kernel of the --hidden layers in instances (1: per-window layers; "
+                        ">1: a deeper temporal CNN)")
+    p.add_argument("--position", action="extend", nargs="*", default=None, metavar="NAME",
+                   help="append each instance's relative position in its sequence as a "
+                        "feature (no names: every modality)")
     p.add_argument("--pad-short", action="store_true",
                    help="zero-pad sequences shorter than their window")
     p.add_argument("--max-iter", type=int, default=100)
@@ -196,7 +202,9 @@ def run(args):
     model = CrossModelCNN(
         dim=args.dim, window={k: windows.get(k, 1) for k in mods}, alpha=args.alpha,
         beta=args.beta, gamma=args.gamma, solver=args.solver, loss=args.loss,
-        activation=args.activation, hidden=tuple(args.hidden), pad_short=args.pad_short,
+        activation=args.activation, hidden=tuple(args.hidden),
+        hidden_window=args.hidden_window, position=_positions(args.position, mods),
+        pad_short=args.pad_short,
         max_iter=args.max_iter, tol=args.tol, rho=args.rho, mu=args.mu, rho_max=args.rho_max,
         inner_steps=args.inner_steps, learning_rate=args.lr,
         batch_size=args.batch_size or None, early_stopping=args.early_stopping,
@@ -227,3 +235,16 @@ def run(args):
                        best_validation_map=round(model.best_validation_score_, 6))
     print(json.dumps(summary))
     return 0
+
+
+def _positions(names, mods):
+    """``--position`` absent: off; given bare: every modality; with names: those."""
+    if names is None:
+        return False
+    if not names:
+        return True
+    unknown = set(names) - set(mods)
+    if unknown:
+        raise InputError(f"--position names unknown modalities {sorted(unknown)}; "
+                         f"modalities: {sorted(mods)}")
+    return {k: k in names for k in mods}
