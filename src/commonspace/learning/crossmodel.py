@@ -13,7 +13,12 @@ from commonspace._validation import check_choice, check_is_fitted, check_random_
 from commonspace.exceptions import InputError, MissingFileError
 from commonspace.io import atomic_path
 from commonspace.learning.early_stopping import Monitor, split_validation
-from commonspace.learning.network import ACTIVATIONS, SequenceCNN, forward_batched
+from commonspace.learning.network import (
+    ACTIVATIONS,
+    SequenceCNN,
+    forward_batched,
+    receptive_span,
+)
 from commonspace.learning.objective import Problem
 from commonspace.learning.relevance import build_relevance
 from commonspace.learning.sequences import append_position, as_padded, fit_window
@@ -71,7 +76,8 @@ class CrossModelCNN:
     """
 
     def __init__(self, dim=64, window=1, alpha=1.0, beta=1.0, gamma=1e-4, solver="admm",
-                 loss="squared", activation="relu", hidden=(), hidden_window=1, position=False, pad_short=False, standardize=True,
+                 loss="squared", activation="relu", hidden=(), hidden_window=1, position=False,
+                 pad_short=False, standardize=True,
                  max_iter=100, tol=1e-4, rho=10.0, mu=1.05, rho_max=1000.0, inner_steps=5,
                  learning_rate=1e-2, batch_size=1024, newton_iter=20, early_stopping=False,
                  validation_fraction=0.1, n_iter_no_change=10, n_threads=1,
@@ -146,16 +152,17 @@ class CrossModelCNN:
         if len(set(names)) != len(names):
             raise InputError("modality names must be distinct strings")
         windows = self._windows(names)
-        positions = self._per_modality(self.position, "position", names, False)
+        positions = self._positions(names)
         raw, sizes, n_features = {}, {}, {}
-        for k in X:
+        for k, name in zip(X, names, strict=True):
             padded, lengths = as_padded(X[k], name=f"X[{k!r}]")
-            raw[str(k)] = fit_window(padded, lengths, self._span(windows[str(k)]), self.pad_short,
-                                     name=f"X[{k!r}]")
-            n_features[str(k)] = padded.shape[2]
-            if positions[str(k)]:
-                raw[str(k)] = (append_position(*raw[str(k)]), raw[str(k)][1])
-            sizes[str(k)] = raw[str(k)][0].shape[0]
+            span = receptive_span(windows[name], self.hidden, self.hidden_window)
+            padded, lengths = fit_window(padded, lengths, span, self.pad_short, name=f"X[{k!r}]")
+            n_features[name] = padded.shape[2]
+            if positions[name]:
+                padded = append_position(padded, lengths)
+            raw[name] = (padded, lengths)
+            sizes[name] = padded.shape[0]
         enc_labels, classes = self._encode_labels(labels, sizes)
         rng = check_random_state(self.random_state)
         val_raw = val_labels = None
@@ -346,15 +353,19 @@ class CrossModelCNN:
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1 or None, got {self.batch_size}")
 
-    def _span(self, window):
-        return window + (int(self.hidden_window) - 1) * len(tuple(self.hidden))
-
     def _windows(self, names):
         w = self._per_modality(self.window, "window", names, 1)
         for k, h in w.items():
             if not (isinstance(h, (int, np.integer)) and h >= 1):
                 raise InputError(f"window of {k!r} must be a positive integer, got {h!r}")
         return {k: int(h) for k, h in w.items()}
+
+    def _positions(self, names):
+        p = self._per_modality(self.position, "position", names, False)
+        for k, v in p.items():
+            if not isinstance(v, (bool, np.bool_)):
+                raise InputError(f"position of {k!r} must be True or False, got {v!r}")
+        return {k: bool(v) for k, v in p.items()}
 
     @staticmethod
     def _per_modality(value, name, names, default):
@@ -366,11 +377,6 @@ class CrossModelCNN:
             value = {k: value.get(k, default) for k in names}
         else:
             value = dict.fromkeys(names, value)
-        if name == "position":
-            for k, v in value.items():
-                if not isinstance(v, (bool, np.bool_)):
-                    raise InputError(f"position of {k!r} must be True or False, got {v!r}")
-            value = {k: bool(v) for k, v in value.items()}
         return value
 
     def _encode_labels(self, labels, sizes):

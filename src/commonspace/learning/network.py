@@ -22,6 +22,11 @@ ACTIVATIONS = {
 }
 
 
+def receptive_span(window: int, hidden=(), hidden_window: int = 1) -> int:
+    """Instances one output position sees: the fewest an item needs to give one output."""
+    return int(window) + (int(hidden_window) - 1) * len(tuple(hidden))
+
+
 class SequenceCNN(nn.Module):
     """``(n, m, d)`` padded float32 + ``(n,)`` lengths -> ``(n, dim)`` common-space vectors."""
 
@@ -35,13 +40,13 @@ class SequenceCNN(nn.Module):
         for a, b in zip(widths[:-1], widths[1:], strict=False):
             layers.append(nn.Conv1d(a, b, kernel_size=int(hidden_window)))
         self.layers = nn.ModuleList(layers)
-        self.span = self.window + (int(hidden_window) - 1) * len(hidden)
+        self.span = receptive_span(self.window, hidden, hidden_window)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         act = ACTIVATIONS[self.activation]
         h = x.transpose(1, 2)  # (n, d, m)
         for layer in self.layers:
-            h = act(layer(h))  # (n, c, m - window + 1)
+            h = act(layer(h))  # (n, c, m - span_so_far + 1)
         n_windows = lengths - self.span + 1
         valid = torch.arange(h.shape[2], device=h.device)[None, :] < n_windows[:, None]
         h = h.masked_fill(~valid[:, None, :], float("-inf"))

@@ -126,8 +126,7 @@ def append_position(padded, lengths):
     respond to "pattern P near the start" differently from "P near the end" (word order in
     speech, row order in an image).
     """
-    n, m, _ = padded.shape
-    steps = np.arange(m, dtype=np.float32)[None, :]
+    steps = np.arange(padded.shape[1], dtype=np.float32)[None, :]
     pos = steps / np.maximum(lengths - 1, 1).astype(np.float32)[:, None]
     pos[steps >= lengths[:, None]] = 0.0
     return np.concatenate([padded, pos[:, :, None]], axis=2).astype(np.float32, copy=False)
