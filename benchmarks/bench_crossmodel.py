@@ -36,18 +36,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
 def mean_ap(q, g, yq, yg):
+    from commonspace.learning.network import fill_dead_rows
     from commonspace.metrics import mean_average_precision
 
-    return float(mean_average_precision(_no_zero_rows(q), _no_zero_rows(g), yq, yg))
-
-
-def _no_zero_rows(x):
-    # A ReLU network can map an item to exactly 0 (no filter fires): it carries no direction,
-    # so it gets the same uninformative direction as every other such item (ranked as ties).
-    x = np.asarray(x, dtype=np.float32).copy()
-    dead = ~np.any(x != 0, axis=1)
-    x[dead] = 1e-6
-    return x
+    return float(mean_average_precision(fill_dead_rows(q), fill_dead_rows(g), yq, yg))
 
 
 def both(ua, ub, ya, yb):

@@ -94,3 +94,14 @@ def test_short_sequences_for_the_span_and_roundtrip(tmp_path):
         CrossModelCNN(position={"seq": 1}).fit(X, labels=labels)
     with pytest.raises(InputError, match="hidden_window must be a positive integer"):
         CrossModelCNN(hidden_window=0).fit(X, labels=labels)
+
+
+def test_fill_dead_rows_only_touches_all_zero_rows():
+    from commonspace.learning.network import fill_dead_rows
+
+    x = np.array([[0.0, 0.0], [0.0, 2.0], [-1.0, 0.0], [0.0, 0.0]])
+    out = fill_dead_rows(x)
+    for row_in, row_out in zip(x, out, strict=True):
+        expected = np.full(2, 1e-6) if not row_in.any() else row_in
+        np.testing.assert_allclose(row_out, expected)
+    assert out.dtype == np.float32 and x[0, 0] == 0.0  # a copy: the input is untouched

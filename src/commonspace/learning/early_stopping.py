@@ -51,25 +51,17 @@ def _split(n, y, fraction, seed):
 
 def validation_score(nets, val_data, val_labels):
     """Mean cross-modal mAP@all over all ordered modality pairs of the validation items."""
-    from commonspace.learning.network import forward_batched
+    from commonspace.learning.network import fill_dead_rows, forward_batched
     from commonspace.metrics import mean_average_precision
 
-    U = {k: forward_batched(nets[k], *val_data[k]).numpy() for k in val_data}
+    U = {k: fill_dead_rows(forward_batched(nets[k], *val_data[k]).numpy()) for k in val_data}
     names = list(U)
     scores = []
     for a in names:
         for b in names:
             if a != b:
-                scores.append(mean_average_precision(_alive(U[a]), _alive(U[b]),
-                                                     val_labels[a], val_labels[b]))
+                scores.append(mean_average_precision(U[a], U[b], val_labels[a], val_labels[b]))
     return float(np.mean(scores))
-
-
-def _alive(x):
-    # An all-zero vector (ReLU, no filter fires) has no direction: give it a shared tiny one.
-    x = np.array(x, dtype=np.float32)
-    x[~np.any(x != 0, axis=1)] = 1e-6
-    return x
 
 
 class Monitor:

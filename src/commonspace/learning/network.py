@@ -11,6 +11,7 @@ temporal convolutions of ``hidden_window`` instances (a deeper CNN whose recepti
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,3 +67,14 @@ def forward_batched(net: SequenceCNN, x, lengths, batch_size: int = 4096) -> tor
             # Only the batch's own maximal length matters: trims padding for speed.
             outs.append(net(xb[:, : int(lb.max())], lb))
     return torch.cat(outs)
+
+
+def fill_dead_rows(x, value: float = 1e-6) -> np.ndarray:
+    """Copy of ``x`` ``(n, dim)`` as float32 where all-zero rows are set to ``value``.
+
+    A ReLU network can map an item to exactly 0 (no filter fires): it has no direction, so for
+    cosine ranking it gets the same uninformative one as every other such item (ranked as ties).
+    """
+    x = np.array(x, dtype=np.float32)
+    x[~np.any(x != 0, axis=1)] = value
+    return x
