@@ -17,7 +17,7 @@ from commonspace._compat import install_torchvision_guard
 
 install_torchvision_guard()
 
-__all__ = ["KrossFuse", "CrossModelCNN", "__version__"]
+__all__ = ["KrossFuse", "CrossModelCNN", "CrossModelEnsemble", "__version__"]
 
 
 def __getattr__(name):
@@ -26,8 +26,8 @@ def __getattr__(name):
         from commonspace.fusion import KrossFuse
 
         return KrossFuse
-    if name == "CrossModelCNN":
-        from commonspace.learning import CrossModelCNN
+    if name in ("CrossModelCNN", "CrossModelEnsemble"):
+        import commonspace.learning as learning
 
-        return CrossModelCNN
+        return getattr(learning, name)
     raise AttributeError(f"module 'commonspace' has no attribute {name!r}")

@@ -2,10 +2,12 @@
 
 Owns: sequence padding (``sequences``), the per-modality CNN (``network``), relevance
 matrices (``relevance``), the objective and its closed-form block updates (``objective``), the
-ADMM and Adam solvers (``admm``, ``adam``) and the estimator :class:`CrossModelCNN`
-(``crossmodel``). Imports numpy, scipy, torch and commonspace's shared helpers only.
+ADMM and Adam solvers (``admm``, ``adam``), the estimator :class:`CrossModelCNN`
+(``crossmodel``) and its seed ensemble :class:`CrossModelEnsemble` (``ensemble``). Imports
+numpy, scipy, torch, joblib and commonspace's shared helpers only.
 """
 
 from commonspace.learning.crossmodel import CrossModelCNN
+from commonspace.learning.ensemble import CrossModelEnsemble
 
-__all__ = ["CrossModelCNN"]
+__all__ = ["CrossModelCNN", "CrossModelEnsemble"]

@@ -24,6 +24,7 @@ from commonspace.learning.relevance import build_relevance
 from commonspace.learning.sequences import append_position, as_padded, fit_window
 
 SOLVERS = ("admm", "adam")
+FORMAT = "commonspace.CrossModelCNN/1"
 LOSSES = ("squared", "softmax")
 
 
@@ -268,12 +269,24 @@ class CrossModelCNN:
     def save(self, path) -> Path:
         """Write the fitted model (parameters, weights, statistics, history) atomically."""
         check_is_fitted(self, "nets_")
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            torch.save(self._state(), tmp)
+        return path
+
+    @classmethod
+    def load(cls, path) -> CrossModelCNN:
+        """Read a model written by :meth:`save`."""
+        return cls._from_state(read_state(path, FORMAT, "CrossModelCNN"))
+
+    def _state(self) -> dict:
+        """The fitted model as a dict of tensors and plain values (``torch.save``-able)."""
         params = self.get_params()
         params["hidden"] = list(params["hidden"])
         if isinstance(params["random_state"], np.random.Generator):
             params["random_state"] = None
-        state = {
-            "format": "commonspace.CrossModelCNN/1",
+        return {
+            "format": FORMAT,
             "params": params,
             "modalities": list(self.modalities_),
             "window": dict(self.window_),
@@ -286,24 +299,10 @@ class CrossModelCNN:
             "nets": {k: net.state_dict() for k, net in self.nets_.items()},
             "history": self.history_,
         }
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            torch.save(state, tmp)
-        return path
 
     @classmethod
-    def load(cls, path) -> CrossModelCNN:
-        """Read a model written by :meth:`save`."""
-        path = Path(path)
-        if not path.exists():
-            raise MissingFileError(f"model file not found: {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise InputError(f"{path} is not a CrossModelCNN file: {exc}") from exc
-        if not isinstance(state, dict) or state.get("format") != "commonspace.CrossModelCNN/1":
-            raise InputError(f"{path} is not a CrossModelCNN file")
-        params = state["params"]
+    def _from_state(cls, state: dict) -> CrossModelCNN:
+        params = dict(state["params"])
         params["hidden"] = tuple(params["hidden"])
         params.setdefault("hidden_window", 1)  # files written before these parameters existed
         params.setdefault("position", False)
@@ -414,6 +413,20 @@ def _torch_threads(n):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def read_state(path, fmt: str, what: str) -> dict:
+    """Load a ``torch.save`` dict and check its ``format`` tag; clear errors otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path} is not a {what} file: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise InputError(f"{path} is not a {what} file")
+    return state
 
 
 def _standardizer(padded, lengths, enabled):
