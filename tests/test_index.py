@@ -201,11 +201,13 @@ def test_query_embedder_recipe_round_trips(tmp_path):
         loaded.search_query(str(tmp_path / "nope.png"), "image")
 
 
-def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path):
-    """Audio files -> MFCC sequences -> a CrossModelCNN saved in the index -> search."""
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path, ensemble):
+    """Audio files -> MFCC sequences -> a CrossModelCNN (or a seed ensemble of them) saved in
+    the index -> search."""
     from sklearn.datasets import load_digits
 
-    from commonspace import CrossModelCNN
+    from commonspace import CrossModelCNN, CrossModelEnsemble
     from commonspace.data import list_fsdd
     from commonspace.encoders import load_encoder
 
@@ -215,6 +217,8 @@ def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path):
     digits = load_digits()
     model = CrossModelCNN(dim=8, window={"audio": 3, "image": 3}, max_iter=2, random_state=0,
                           pad_short=True)
+    if ensemble:
+        model = CrossModelEnsemble(model, n_estimators=2, random_state=0)
     model.fit({"audio": audio, "image": digits.images[:30]},
               labels={"audio": [r["digit"] for r in recs], "image": digits.target[:30]})
     index = EmbeddingIndex().add("audio", model.transform(audio, modality="audio"),
@@ -224,5 +228,6 @@ def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path):
                              {"op": "transform", "object": "cnn", "modality": "audio"}]}},
         {"cnn": model})
     loaded = EmbeddingIndex.load(index.save(tmp_path / "idx"))
+    assert type(loaded.query_embedder.objects["cnn"]) is type(model)
     hit = loaded.search_query(paths[4], "audio", k=1).hits(0)[0]
     assert hit["source"] == paths[4] and hit["score"] == pytest.approx(1.0, abs=1e-5)

@@ -101,3 +101,29 @@ def test_train_cli_position_and_hidden_window(tmp_path, capsys):
     assert CrossModelCNN.load(tmp_path / "all" / "model.pt").position_ == {"a": True, "b": True}
     assert main([*base, "--position", "c", "--out", str(tmp_path / "bad")]) == 2
     assert "--position names unknown modalities ['c']" in capsys.readouterr().err
+
+
+def test_train_cli_ensemble(tmp_path, capsys):
+    from commonspace import CrossModelEnsemble
+
+    rng = np.random.default_rng(2)
+    n = 30
+    y = np.arange(n) % 2
+    np.save(tmp_path / "a.npy", (rng.normal(size=(n, 3)) + y[:, None]).astype("f4"))
+    np.save(tmp_path / "b.npy", (rng.normal(size=(n, 2)) - y[:, None]).astype("f4"))
+    np.save(tmp_path / "y.npy", y)
+    base = ["-q", "train", "--modality", f"a={tmp_path / 'a.npy'}",
+            "--modality", f"b={tmp_path / 'b.npy'}", "--labels", f"a={tmp_path / 'y.npy'}",
+            "--labels", f"b={tmp_path / 'y.npy'}", "--dim", "4", "--max-iter", "2",
+            "--solver", "adam"]
+    out = tmp_path / "ens"
+    assert main([*base, "--ensemble", "3", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = CrossModelEnsemble.load(out / "model.pt")
+    assert [m["seed"] for m in summary["members"]] == model.seeds_ and len(model.seeds_) == 3
+    history = json.loads((out / "history.json").read_text())
+    assert [len(h) for h in history] == [2, 2, 2]
+    assert model.transform(np.load(tmp_path / "a.npy"), modality="a").shape == (n, 12)
+    assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*base, "--ensemble", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--ensemble must be >= 1" in capsys.readouterr().err

@@ -9,11 +9,12 @@ from commonspace import CrossModelCNN, CrossModelEnsemble
 from commonspace.exceptions import InputError, MissingFileError, NotFittedError
 
 
-def fitted(n_estimators=3, random_state=0, **kw):
+def fitted(n_estimators=3, random_state=0, n_jobs=None, **kw):
     seqs, vec, _, y = make_data()
     base = CrossModelCNN(dim=6, window={"seq": 2, "vec": 1}, max_iter=6, batch_size=None,
                          learning_rate=0.02, solver="adam", **kw)
-    model = CrossModelEnsemble(base, n_estimators=n_estimators, random_state=random_state)
+    model = CrossModelEnsemble(base, n_estimators=n_estimators, n_jobs=n_jobs,
+                               random_state=random_state)
     return model.fit({"seq": seqs, "vec": vec}, labels={"seq": y, "vec": y}), seqs, vec, y
 
 
@@ -40,6 +41,10 @@ def test_members_differ_and_seeding_is_reproducible():
                                   b.transform(seqs, modality="seq"))
     w = [m.nets_["seq"].layers[0].weight.detach() for m in a.estimators_]
     assert not torch.allclose(w[0], w[1])
+    # members fitted in two worker processes are the same networks
+    c, _, _, _ = fitted(random_state=1, n_jobs=2)
+    np.testing.assert_allclose(c.transform(seqs, modality="seq"),
+                               a.transform(seqs, modality="seq"), atol=1e-6)
     # the template is left untouched (its parameters are copied, not set)
     assert a.estimator.random_state is None and not hasattr(a.estimator, "nets_")
 
@@ -67,6 +72,8 @@ def test_bad_input():
         CrossModelEnsemble(estimator="adam").fit(X, labels=labels)
     with pytest.raises(NotFittedError):
         CrossModelEnsemble().transform(vec, modality="vec")
+    with pytest.raises(InputError, match="callback needs n_jobs"):
+        CrossModelEnsemble(n_jobs=2).fit(X, labels=labels, callback=print)
     model, _, _, _ = fitted(n_estimators=2)
     with pytest.raises(InputError, match="not fitted"):
         model.transform(vec, modality="audio")

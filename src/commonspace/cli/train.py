@@ -1,4 +1,5 @@
-"""`commonspace train`: fit a CrossModelCNN from sequence files; write model, history, plot.
+"""`commonspace train`: fit a CrossModelCNN (or, with ``--ensemble N``, a seed ensemble of
+them) from sequence files; write model, history, plot.
 
 Sequence files (one per modality, ``--modality NAME=PATH``):
 
@@ -88,6 +89,9 @@ def register(subparsers):
                    help="iterations without validation improvement before stopping")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="fit N networks that differ only in their seed and keep them as one "
+                        "CrossModelEnsemble (their unit vectors concatenated; default 1)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=run)
 
@@ -167,7 +171,7 @@ def run(args):
     from tqdm import tqdm
 
     from commonspace.io import save_json
-    from commonspace.learning import CrossModelCNN
+    from commonspace.learning import CrossModelCNN, CrossModelEnsemble
     from commonspace.learning.plots import plot_convergence
 
     mods = _pairs(args.modality, "--modality")
@@ -210,29 +214,48 @@ def run(args):
         batch_size=args.batch_size or None, early_stopping=args.early_stopping,
         validation_fraction=args.validation_fraction, n_iter_no_change=args.n_iter_no_change,
         n_threads=args.threads, random_state=args.seed)
-    bar = tqdm(total=args.max_iter, desc=f"train ({args.solver})", unit="it",
+    if args.ensemble < 1:
+        raise InputError(f"--ensemble must be >= 1, got {args.ensemble}")
+    bar = tqdm(total=args.max_iter * args.ensemble, desc=f"train ({args.solver})", unit="it",
                disable=getattr(args, "quiet", False))
 
-    def callback(m, it):
+    def callback(member, m, it):
         h = m.history_[-1]
-        bar.set_postfix(objective=f"{h['objective']:.4g}", residual=f"{h['primal_residual']:.2g}")
+        bar.set_postfix(member=member, objective=f"{h['objective']:.4g}",
+                        residual=f"{h['primal_residual']:.2g}")
         bar.update(1)
 
-    model.fit(X, labels=labels, relevance=relevance, callback=callback)
+    if args.ensemble > 1:
+        ensemble = CrossModelEnsemble(model, n_estimators=args.ensemble, random_state=args.seed)
+        ensemble.fit(X, labels=labels, relevance=relevance, callback=callback)
+        members, saved = ensemble.estimators_, ensemble
+    else:
+        model.fit(X, labels=labels, relevance=relevance,
+                  callback=lambda m, it: callback(0, m, it))
+        members, saved = [model], model
     bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save(out / "model.pt")
-    save_json(out / "history.json", model.history_)
-    plot_convergence({args.solver: model.history_}, out / "convergence.png",
-                     title=f"CrossModelCNN ({args.solver})")
-    last = model.history_[-1]
-    summary = {"iterations": model.n_iter_, "objective": round(last["objective"], 6),
-               "primal_residual": round(last["primal_residual"], 6),
-               "seconds": round(last["seconds"], 2), "out": str(out)}
-    if args.early_stopping:
-        summary.update(best_iteration=model.best_iter_,
-                       best_validation_map=round(model.best_validation_score_, 6))
+    saved.save(out / "model.pt")
+    histories = {(args.solver if len(members) == 1 else f"{args.solver} seed {m.random_state}"):
+                 m.history_ for m in members}
+    save_json(out / "history.json",
+              members[0].history_ if len(members) == 1 else list(histories.values()))
+    plot_convergence(histories, out / "convergence.png",
+                     title=f"{type(saved).__name__} ({args.solver})")
+    summary = {"out": str(out)}
+    for m in members:
+        last = m.history_[-1]
+        part = {"iterations": m.n_iter_, "objective": round(last["objective"], 6),
+                "primal_residual": round(last["primal_residual"], 6),
+                "seconds": round(last["seconds"], 2)}
+        if args.early_stopping:
+            part.update(best_iteration=m.best_iter_,
+                        best_validation_map=round(m.best_validation_score_, 6))
+        if len(members) == 1:
+            summary.update(part)
+        else:
+            summary.setdefault("members", []).append({"seed": m.random_state, **part})
     print(json.dumps(summary))
     return 0
 

@@ -20,8 +20,9 @@ Steps run left to right on a batch of raw queries:
 - ``{"op": "transform", "object": NAME, "modality": M}``  ``objects[NAME].transform(x[, modality=M])``
 - ``{"op": "normalize"}``  L2-normalise rows
 
-``objects`` are fitted estimators saved beside the recipe: :class:`commonspace.KrossFuse` and
-:class:`commonspace.CrossModelCNN` through their own ``save`` / ``load``; any other estimator
+``objects`` are fitted estimators saved beside the recipe: :class:`commonspace.KrossFuse`,
+:class:`commonspace.CrossModelCNN` and :class:`commonspace.CrossModelEnsemble` through their own
+``save`` / ``load``; any other estimator
 (e.g. a scikit-learn PCA) is pickled, so load index folders only from sources you trust.
 """
 
@@ -38,6 +39,8 @@ from commonspace.io import atomic_path, save_json
 
 KINDS = ("text", "image", "audio")
 OPS = ("encoder", "pixels", "flatten", "sequence", "transform", "normalize")
+# commonspace estimators saved through their own save / load (no pickle)
+SAVED_TYPES = ("KrossFuse", "CrossModelCNN", "CrossModelEnsemble")
 
 
 class QueryEmbedder:
@@ -148,7 +151,7 @@ class QueryEmbedder:
         saved = {}
         for name, obj in (self.objects or {}).items():
             kind = type(obj).__name__
-            if kind in ("KrossFuse", "CrossModelCNN"):
+            if kind in SAVED_TYPES:
                 target = folder / name
                 obj.save(target)
                 saved[name] = {"type": kind, "path": name}
@@ -172,14 +175,10 @@ class QueryEmbedder:
         objects = {}
         for name, entry in spec.get("objects", {}).items():
             path = folder / entry["path"]
-            if entry["type"] == "KrossFuse":
-                from commonspace import KrossFuse
+            if entry["type"] in SAVED_TYPES:
+                import commonspace
 
-                objects[name] = KrossFuse.load(path)
-            elif entry["type"] == "CrossModelCNN":
-                from commonspace import CrossModelCNN
-
-                objects[name] = CrossModelCNN.load(path)
+                objects[name] = getattr(commonspace, entry["type"]).load(path)
             else:
                 try:
                     objects[name] = pickle.loads(path.read_bytes())

@@ -53,10 +53,14 @@ class CrossModelEnsemble:
             setattr(self, k, v)
         return self
 
-    def fit(self, X: dict, labels: dict | None = None, relevance=None):
+    def fit(self, X: dict, labels: dict | None = None, relevance=None, callback=None):
         """Fit ``n_estimators`` members on the same data (arguments as
         :meth:`CrossModelCNN.fit`); sets ``estimators_``, ``seeds_``, ``modalities_``,
-        ``dim_`` and ``fit_seconds_`` (each member's solver seconds)."""
+        ``dim_`` and ``fit_seconds_`` (each member's solver seconds).
+
+        callback : optional ``callback(member_index, model, iteration)`` after every iteration
+            of every member (members are then fitted one after another).
+        """
         from joblib import Parallel, delayed
 
         n = self.n_estimators
@@ -67,8 +71,15 @@ class CrossModelEnsemble:
             raise InputError(f"estimator must be a CrossModelCNN, got {type(base).__name__}")
         seeds = check_random_state(self.random_state).integers(2**31, size=int(n))
         members = [CrossModelCNN(**{**base.get_params(), "random_state": int(s)}) for s in seeds]
-        fitted = Parallel(n_jobs=self.n_jobs)(
-            delayed(_fit_member)(m, X, labels, relevance) for m in members)
+        if callback is not None:
+            if self.n_jobs not in (None, 1):
+                raise InputError("a fit callback needs n_jobs=None or 1 (members in sequence)")
+            fitted = [m.fit(X, labels=labels, relevance=relevance,
+                            callback=lambda model, it, i=i: callback(i, model, it))
+                      for i, m in enumerate(members)]
+        else:
+            fitted = Parallel(n_jobs=self.n_jobs)(
+                delayed(_fit_member)(m, X, labels, relevance) for m in members)
         self.estimators_ = list(fitted)
         self.seeds_ = [int(s) for s in seeds]
         self.modalities_ = list(self.estimators_[0].modalities_)
