@@ -29,7 +29,7 @@ EXAMPLES = """
   commonspace train --modality image=img.npy --modality text=txt.npy --pairs \\
       --solver adam --max-iter 50 --out wiki_model/
   commonspace train --modality a=a.npy --modality b=b.npy --relevance a,b=R.npz --out m/
-  commonspace train --modality image=img.npy --modality text=txt.npy --labels image=y.npy \
+  commonspace train --modality image=img.npy --modality text=txt.npy --labels image=y.npy \\
       --labels text=y.npy --solver adam --ensemble 5 --out wiki_ensemble/
 """
 
