@@ -239,27 +239,31 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     saved.save(out / "model.pt")
-    histories = {(args.solver if len(members) == 1 else f"{args.solver} seed {m.random_state}"):
-                 m.history_ for m in members}
-    save_json(out / "history.json",
-              members[0].history_ if len(members) == 1 else list(histories.values()))
+    if len(members) == 1:
+        histories = {args.solver: model.history_}
+        save_json(out / "history.json", model.history_)
+        summary = {**_summary(model, args.early_stopping), "out": str(out)}
+    else:
+        histories = {f"{args.solver} seed {m.random_state}": m.history_ for m in members}
+        save_json(out / "history.json", [m.history_ for m in members])
+        summary = {"members": [{"seed": m.random_state, **_summary(m, args.early_stopping)}
+                               for m in members], "out": str(out)}
     plot_convergence(histories, out / "convergence.png",
                      title=f"{type(saved).__name__} ({args.solver})")
-    summary = {"out": str(out)}
-    for m in members:
-        last = m.history_[-1]
-        part = {"iterations": m.n_iter_, "objective": round(last["objective"], 6),
-                "primal_residual": round(last["primal_residual"], 6),
-                "seconds": round(last["seconds"], 2)}
-        if args.early_stopping:
-            part.update(best_iteration=m.best_iter_,
-                        best_validation_map=round(m.best_validation_score_, 6))
-        if len(members) == 1:
-            summary.update(part)
-        else:
-            summary.setdefault("members", []).append({"seed": m.random_state, **part})
     print(json.dumps(summary))
     return 0
+
+
+def _summary(model, early_stopping):
+    """The last iteration's figures of one fitted network (for the printed JSON summary)."""
+    last = model.history_[-1]
+    part = {"iterations": model.n_iter_, "objective": round(last["objective"], 6),
+            "primal_residual": round(last["primal_residual"], 6),
+            "seconds": round(last["seconds"], 2)}
+    if early_stopping:
+        part.update(best_iteration=model.best_iter_,
+                    best_validation_map=round(model.best_validation_score_, 6))
+    return part
 
 
 def _positions(names, mods):

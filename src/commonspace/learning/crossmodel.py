@@ -113,11 +113,10 @@ class CrossModelCNN:
         self.verbose = verbose
 
     _PARAMS = ("dim", "window", "alpha", "beta", "gamma", "solver", "loss", "activation",
-               "hidden", "hidden_window", "position", "pad_short", "standardize", "max_iter", "tol", "rho", "mu", "rho_max",
-               "inner_steps", "learning_rate", "batch_size", "newton_iter", "early_stopping",
-               "validation_fraction", "n_iter_no_change", "n_threads",
-               "random_state",
-               "verbose")
+               "hidden", "hidden_window", "position", "pad_short", "standardize", "max_iter",
+               "tol", "rho", "mu", "rho_max", "inner_steps", "learning_rate", "batch_size",
+               "newton_iter", "early_stopping", "validation_fraction", "n_iter_no_change",
+               "n_threads", "random_state", "verbose")
 
     def get_params(self, deep=True):
         return {p: getattr(self, p) for p in self._PARAMS}

@@ -80,23 +80,27 @@ class CrossModelEnsemble:
         else:
             fitted = Parallel(n_jobs=self.n_jobs)(
                 delayed(_fit_member)(m, X, labels, relevance) for m in members)
-        self.estimators_ = list(fitted)
-        self.seeds_ = [int(s) for s in seeds]
+        return self._set_members(fitted)
+
+    def _set_members(self, members):
+        """Fitted state, all derived from the fitted members (each keeps its own seed)."""
+        self.estimators_ = list(members)
+        self.seeds_ = [int(m.random_state) for m in self.estimators_]
         self.modalities_ = list(self.estimators_[0].modalities_)
-        self.dim_ = int(n) * int(base.dim)
+        self.dim_ = sum(int(m.dim) for m in self.estimators_)
         self.fit_seconds_ = [m.history_[-1]["seconds"] for m in self.estimators_]
         return self
 
     def transform(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Unit-norm ensemble vectors ``(n, n_estimators * dim)`` float32 of a fitted
         ``modality``; the inner product of two of them is the members' mean cosine."""
+        from commonspace.metrics._labels import l2_rows
+
         check_is_fitted(self, "estimators_")
-        parts = []
-        for m in self.estimators_:
-            u = m.transform(seqs, modality=modality, lengths=lengths)
-            norm = np.linalg.norm(u, axis=1, keepdims=True)
-            # a member whose ReLU output is all zero for an item abstains for that item
-            parts.append(np.divide(u, norm, out=np.zeros_like(u), where=norm > 0))
+        # l2_rows keeps all-zero rows at zero: a member whose ReLU output is all zero for an
+        # item abstains for that item
+        parts = [l2_rows(m.transform(seqs, modality=modality, lengths=lengths))
+                 for m in self.estimators_]
         out = np.hstack(parts) / np.sqrt(len(parts))
         return out.astype(np.float32)
 
@@ -107,7 +111,7 @@ class CrossModelEnsemble:
                  "random_state": (self.random_state
                                   if isinstance(self.random_state, (int, np.integer))
                                   else None),
-                 "seeds": self.seeds_, "members": [m._state() for m in self.estimators_]}
+                 "members": [m._state() for m in self.estimators_]}
         path = Path(path)
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -121,12 +125,7 @@ class CrossModelEnsemble:
         first = members[0].get_params()
         model = cls(estimator=CrossModelCNN(**first), n_estimators=state["n_estimators"],
                     random_state=state["random_state"])
-        model.estimators_ = members
-        model.seeds_ = list(state["seeds"])
-        model.modalities_ = list(members[0].modalities_)
-        model.dim_ = sum(int(m.dim) for m in members)
-        model.fit_seconds_ = [m.history_[-1]["seconds"] for m in members]
-        return model
+        return model._set_members(members)
 
 
 def _fit_member(model, X, labels, relevance):
