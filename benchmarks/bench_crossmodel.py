@@ -101,6 +101,14 @@ def run_ensemble(params, n, X, labels, Xte, yte, names, seed=0):
     return model, both(ua, ub, yte[a], yte[b]), float(sum(model.fit_seconds_))
 
 
+def posterior_scores(model, Xte, yte, names, views=None):
+    """mAP both ways on the class posteriors ``predict_proba``; ``views``: extra versions of
+    the first modality's test items whose posteriors are averaged in (test-time augmentation)."""
+    a, b = names
+    pa = sum(model.predict_proba(v, modality=a) for v in [Xte[a], *(views or [])])
+    return both(pa, model.predict_proba(Xte[b], modality=b), yte[a], yte[b])
+
+
 def time_to_reach(curve, target):
     for sec, m in curve:
         if m >= target - 1e-9:
@@ -148,11 +156,6 @@ def fsdd_mfcc(cache_dir: Path, speed: float = 1.0):
         os.replace(tmp, cache)
     meta = {k: np.array([it[k] for it in items]) for k in ("digit", "speaker", "index")}
     return seqs, meta
-
-
-def cmn(seqs):
-    """Cepstral mean normalisation per recording (removes the channel / speaker offset)."""
-    return [(s - s.mean(0)).astype(np.float32) for s in seqs]
 
 
 def digits():
@@ -215,6 +218,8 @@ def bench_wikipedia(rows, plots, features, iters):
         res[solver] = (model, m, curve, solver_s)
         rows.append((task, f"CrossModelCNN {solver}", *m, solver_s,
                      f"{len(curve)} it; {total:.0f}s with per-iteration test eval"))
+        rows.append((task, f"CrossModelCNN {solver}, posteriors",
+                     *posterior_scores(model, Xte, Yte, ("image", "text")), solver_s, ""))
     target = (res["adam"][1][0] + res["adam"][1][1]) / 2
     reach = {s: time_to_reach(res[s][2], target) for s in res}
     rows.append((task, "time to Adam's final test mAP", target, target, float("nan"),
@@ -222,15 +227,18 @@ def bench_wikipedia(rows, plots, features, iters):
     n = ENSEMBLE["wikipedia"]
     for solver in ("adam", "admm") if n > 1 else ():
         p = dict(WIKI_PARAMS, solver=solver, max_iter=iters[solver])
-        _, m, secs = run_ensemble(p, n, X, lab, Xte, Yte, ("image", "text"))
+        ens, m, secs = run_ensemble(p, n, X, lab, Xte, Yte, ("image", "text"))
         rows.append((task, f"CrossModelEnsemble {solver} x{n}", *m, secs, "sum over members"))
+        rows.append((task, f"CrossModelEnsemble {solver} x{n}, posteriors",
+                     *posterior_scores(ens, Xte, Yte, ("image", "text")), secs, ""))
     plot_convergence({s: res[s][0].history_ for s in res}, plots / f"wikipedia_{features}.png",
                      title=task)
 
 
 def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1,
-               speeds=SPEEDS, n_ensemble=1):
+               speeds=SPEEDS, n_ensemble=1, single=True):
     from commonspace.learning.plots import plot_convergence
+    from commonspace.learning.sequences import center_sequences
 
     seqs, meta = fsdd_mfcc(cache)
     perturbed = [fsdd_mfcc(cache, f)[0] for f in speeds]
@@ -247,8 +255,10 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
         # training recordings plus their speed-perturbed copies, for every method
         raw_tr = [src[i] for src in [seqs, *perturbed] for i in np.flatnonzero(train)]
         raw_te = [seqs[i] for i in np.flatnonzero(test)]
-        a_tr, a_te = cmn(raw_tr), cmn(raw_te)
+        # cepstral mean normalisation per recording (removes a fixed channel and loudness)
+        a_tr, a_te = center_sequences(raw_tr), center_sequences(raw_te)
         ya_tr = np.tile(meta["digit"][train], 1 + len(perturbed))
+        spk_tr = np.tile(meta["speaker"][train], 1 + len(perturbed))
         ya_te = meta["digit"][test]
         task = f"fsdd<->digits {name}"
         pa_tr, pa_te = pooled(raw_tr), pooled(raw_te)
@@ -270,33 +280,51 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
         lab = {"audio": ya_tr, "image": yi_tr}
         Xte, Yte = {"audio": a_te, "image": img_te}, {"audio": ya_te, "image": yi_te}
         res = {}
-        for solver in ("adam", "admm"):
+        for solver in ("adam", "admm") if single else ():
             p = dict(FSDD_PARAMS, solver=solver, max_iter=iters[solver], **ADMM_EXTRA[solver])
             model, m, solver_s, total, curve = run_cnn(p, X, lab, Xte, Yte, ("audio", "image"))
             res[solver] = (model, m, curve)
             out.append((f"CrossModelCNN {solver}", *m, solver_s,
                         f"{len(curve)} it; {total:.0f}s with per-iteration test eval"))
-        target = (res["adam"][1][0] + res["adam"][1][1]) / 2
-        reach = {s: time_to_reach(res[s][2], target) for s in res}
-        out.append(("time to Adam's final test mAP", target, target, float("nan"),
-                    f"adam {reach['adam']:.1f}s, admm {reach['admm']:.1f}s"))
+        if res:
+            target = (res["adam"][1][0] + res["adam"][1][1]) / 2
+            reach = {s: time_to_reach(res[s][2], target) for s in res}
+            out.append(("time to Adam's final test mAP", target, target, float("nan"),
+                        f"adam {reach['adam']:.1f}s, admm {reach['admm']:.1f}s"))
         if n_ensemble > 1:
             p = dict(FSDD_PARAMS, solver="adam", max_iter=iters["adam"])
             ens, m, secs = run_ensemble(p, n_ensemble, X, lab, Xte, Yte, ("audio", "image"))
             out.append((f"CrossModelEnsemble adam x{n_ensemble}", *m, secs, "sum over members"))
             # test-time augmentation: mean of the unit vectors of the test audio played at
             # 1.0x and at the training speed factors
-            views = [a_te] + [cmn([src[i] for i in np.flatnonzero(test)]) for src in perturbed]
-            ua = sum(ens.transform(v, modality="audio") for v in views)
+            views = [center_sequences([src[i] for i in np.flatnonzero(test)])
+                     for src in perturbed]
+            ua = sum(ens.transform(v, modality="audio") for v in [a_te, *views])
             m = both(ua, ens.transform(img_te, modality="image"), ya_te, yi_te)
             out.append((f"CrossModelEnsemble adam x{n_ensemble} + TTA", *m, secs,
                         f"test audio at 1.0x and {', '.join(f'{f:g}x' for f in speeds)}"))
+            out.append((f"CrossModelEnsemble adam x{n_ensemble}, posteriors",
+                        *posterior_scores(ens, Xte, Yte, ("audio", "image")), secs, ""))
+            out.append((f"CrossModelEnsemble adam x{n_ensemble} + TTA, posteriors",
+                        *posterior_scores(ens, Xte, Yte, ("audio", "image"), views), secs, ""))
+        if name.startswith("LOSO"):
+            # per-speaker CMN instead of per recording: the held-out speaker's mean comes from
+            # their own unlabelled test recordings (transductive, like Kaldi's speaker CMVN)
+            Xs = dict(X, audio=center_sequences(raw_tr, spk_tr))
+            Xs_te = dict(Xte, audio=center_sequences(raw_te, meta["speaker"][test]))
+            p = dict(FSDD_PARAMS, solver="adam", max_iter=iters["adam"])
+            model, m, solver_s, _, _ = run_cnn(p, Xs, lab, Xs_te, Yte, ("audio", "image"))
+            out.append(("CrossModelCNN adam, speaker CMN", *m, solver_s, "transductive"))
+            out.append(("CrossModelCNN adam, speaker CMN, posteriors",
+                        *posterior_scores(model, Xs_te, Yte, ("audio", "image")), solver_s,
+                        "transductive"))
         for r in out:
             rows.append((task, *r))
             if name.startswith("LOSO"):
                 loso.setdefault(r[0], []).append(r[1:4])
-        plot_convergence({s: res[s][0].history_ for s in res},
-                         plots / f"fsdd_{name.replace(' ', '_')}.png", title=task)
+        if res:
+            plot_convergence({s: res[s][0].history_ for s in res},
+                             plots / f"fsdd_{name.replace(' ', '_')}.png", title=task)
         print_table(rows[-len(out):])
     for method, vals in loso.items():
         if method.startswith("time"):
@@ -306,10 +334,10 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
 
 
 def print_table(rows):
-    print(f"{'task':38s} {'method':34s} {'A->B':>7s} {'B->A':>7s} {'avg':>7s} {'fit s':>7s}  note",
+    print(f"{'task':38s} {'method':44s} {'A->B':>7s} {'B->A':>7s} {'avg':>7s} {'fit s':>7s}  note",
           flush=True)
     for task, method, a, b, sec, note in rows:
-        print(f"{task:38s} {method:34s} {a:7.4f} {b:7.4f} {(a + b) / 2:7.4f} {sec:7.1f}  {note}",
+        print(f"{task:38s} {method:44s} {a:7.4f} {b:7.4f} {(a + b) / 2:7.4f} {sec:7.1f}  {note}",
               flush=True)
 
 
@@ -321,8 +349,9 @@ def main(argv=None):
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "commonspace_cache"),
                     help="folder for the cached MFCCs")
     ap.add_argument("--skip", nargs="*", default=[],
-                    choices=["wikipedia", "fsdd", "fsdd-documented"],
-                    help="leave out tasks (to run parts of the benchmark side by side)")
+                    choices=["wikipedia", "fsdd", "fsdd-documented", "fsdd-single"],
+                    help="leave out tasks (to run parts of the benchmark side by side); "
+                         "fsdd-single: the single FSDD networks (ensembles and baselines stay)")
     ap.add_argument("--speeds", nargs="*", type=float, default=list(SPEEDS),
                     help="speed-perturbation factors added to the FSDD training audio "
                          "(default: 0.9 1.1; none: no augmentation)")
@@ -346,7 +375,8 @@ def main(argv=None):
         bench_fsdd(rows, out, Path(args.cache), speakers, iters,
                    documented="fsdd-documented" not in args.skip,
                    subsample=4 if args.quick else 1, speeds=tuple(args.speeds),
-                   n_ensemble=2 if args.quick else ENSEMBLE["fsdd"])
+                   n_ensemble=2 if args.quick else ENSEMBLE["fsdd"],
+                   single="fsdd-single" not in args.skip)
     print()
     print("A->B: image->text (Wikipedia), audio->image (FSDD); B->A the reverse. mAP@all.")
     print_table(rows)

@@ -215,6 +215,13 @@ def test_real_wikipedia_subset_beats_chance():
     chance = _map(rng.normal(size=ui.shape), rng.normal(size=ut.shape), yt, yt)
     assert chance < 0.13
     assert got > chance + 0.07
+    # the shared classifier's posteriors are a cross-modal space too, and classify both
+    # modalities' test items (text LDA is the easier modality; 10 classes: chance 0.1)
+    pi = model.predict_proba(np.sqrt(d["image_test"]), modality="image")
+    pt = model.predict_proba(d["text_test"], modality="text")
+    assert (_map(pi, pt, yt, yt) + _map(pt, pi, yt, yt)) / 2 > chance + 0.07
+    assert np.mean(model.predict(d["text_test"], modality="text") == yt) > 0.5  # 0.64
+    assert np.mean(model.predict(np.sqrt(d["image_test"]), modality="image") == yt) > 0.17
 
 
 def _map(q, g, yq, yg):

@@ -264,6 +264,35 @@ class CrossModelCNN:
                               torch.from_numpy(lengths))
         return out.numpy().astype(np.float32)
 
+    def decision_function(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Scores ``u^T Theta`` ``(n, n_classes)`` float32 of the shared label classifier
+        (columns in ``classes_`` order) for sequences of a fitted ``modality``."""
+        check_is_fitted(self, "nets_")
+        if self.classes_.size == 0 or self.beta == 0:
+            raise InputError("the model has no label classifier: it was fitted without labels "
+                             "or with beta=0")
+        return self.transform(seqs, modality, lengths) @ self.theta_
+
+    def predict_proba(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Class posteriors ``softmax(u^T Theta)`` ``(n, n_classes)`` float32 (``loss="softmax"``).
+
+        Every modality maps into the same simplex, so the posteriors are also a cross-modal
+        space: retrieval on them is semantic matching (Rasiwasia et al. 2010) on top of the
+        learned one.
+        """
+        from scipy.special import softmax
+
+        if self.loss != "softmax":
+            raise InputError(f"predict_proba needs loss='softmax', the model has "
+                             f"loss={self.loss!r}; use decision_function")
+        z = self.decision_function(seqs, modality, lengths)
+        return softmax(z, axis=1).astype(np.float32)
+
+    def predict(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Predicted class labels ``(n,)`` (values of ``classes_``)."""
+        scores = self.decision_function(seqs, modality, lengths)  # checks fitted first
+        return self.classes_[np.argmax(scores, axis=1)]
+
     # ------------------------------------------------------------------------------------
     def save(self, path) -> Path:
         """Write the fitted model (parameters, weights, statistics, history) atomically."""

@@ -56,7 +56,7 @@ class CrossModelEnsemble:
     def fit(self, X: dict, labels: dict | None = None, relevance=None, callback=None):
         """Fit ``n_estimators`` members on the same data (arguments as
         :meth:`CrossModelCNN.fit`); sets ``estimators_``, ``seeds_``, ``modalities_``,
-        ``dim_`` and ``fit_seconds_`` (each member's solver seconds).
+        ``dim_``, ``classes_`` and ``fit_seconds_`` (each member's solver seconds).
 
         callback : optional ``callback(member_index, model, iteration)`` after every iteration
             of every member (members are then fitted one after another).
@@ -88,6 +88,7 @@ class CrossModelEnsemble:
         self.seeds_ = [int(m.random_state) for m in self.estimators_]
         self.modalities_ = list(self.estimators_[0].modalities_)
         self.dim_ = sum(int(m.dim) for m in self.estimators_)
+        self.classes_ = self.estimators_[0].classes_
         self.fit_seconds_ = [m.history_[-1]["seconds"] for m in self.estimators_]
         return self
 
@@ -103,6 +104,19 @@ class CrossModelEnsemble:
                  for m in self.estimators_]
         out = np.hstack(parts) / np.sqrt(len(parts))
         return out.astype(np.float32)
+
+    def predict_proba(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Mean of the members' class posteriors ``(n, n_classes)`` float32 (see
+        :meth:`CrossModelCNN.predict_proba`)."""
+        check_is_fitted(self, "estimators_")
+        probs = [m.predict_proba(seqs, modality=modality, lengths=lengths)
+                 for m in self.estimators_]
+        return np.mean(probs, axis=0, dtype=np.float64).astype(np.float32)
+
+    def predict(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Class labels ``(n,)`` of the highest mean posterior."""
+        proba = self.predict_proba(seqs, modality, lengths)  # checks fitted first
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def save(self, path) -> Path:
         """Write all members (parameters, weights, histories) to one file, atomically."""

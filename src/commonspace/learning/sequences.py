@@ -130,3 +130,41 @@ def append_position(padded, lengths):
     pos = steps / np.maximum(lengths - 1, 1).astype(np.float32)[:, None]
     pos[steps >= lengths[:, None]] = 0.0
     return np.concatenate([padded, pos[:, :, None]], axis=2).astype(np.float32, copy=False)
+
+
+def center_sequences(seqs, groups=None, scale: bool = False, name: str = "sequences"):
+    """Subtract the mean instance of each item's group (and divide by its std when ``scale``).
+
+    ``groups=None``: every item is its own group (per-recording cepstral mean normalisation,
+    which removes a fixed channel and loudness). ``groups`` ``(n,)`` labels such as speaker ids:
+    the statistics are pooled over all instances of a group's items (per-speaker CMN / CMVN, as
+    in Kaldi's ``apply-cmvn`` with speaker statistics); it keeps what a recording differs from
+    its speaker's average by and removes the speaker's own offset. It needs only the group's
+    unlabelled sequences, so it can be applied to the items of an unseen speaker at test time.
+    Accepts the forms of :func:`as_padded`; returns a list of ``(m_i, d)`` float32 arrays.
+    """
+    padded, lengths = as_padded(seqs, name=name)
+    n = len(lengths)
+    if groups is None:
+        index = np.arange(n)
+    else:
+        groups = np.asarray(groups)
+        if groups.shape != (n,):
+            raise InputError(f"groups must have one entry per item ({n}), got shape "
+                             f"{groups.shape}")
+        index = np.unique(groups, return_inverse=True)[1].reshape(n)
+    n_groups = int(index.max()) + 1
+    count = np.bincount(index, weights=lengths, minlength=n_groups)[:, None]
+    total = np.zeros((n_groups, padded.shape[2]))
+    np.add.at(total, index, padded.sum(axis=1, dtype=np.float64))  # padding is zero
+    mean = total / count
+    std = np.ones_like(mean)
+    if scale:
+        valid = np.arange(padded.shape[1])[None, :] < lengths[:, None]
+        sq = np.zeros_like(total)
+        dev = (padded - mean[index][:, None, :]) * valid[:, :, None]
+        np.add.at(sq, index, (dev.astype(np.float64) ** 2).sum(axis=1))
+        std = np.sqrt(sq / count)
+        std[std == 0] = 1.0  # a constant dimension stays 0 after centering
+    return [((padded[i, :lengths[i]] - mean[g]) / std[g]).astype(np.float32)
+            for i, g in enumerate(index)]
