@@ -8,7 +8,8 @@ Tasks (one run, one table):
   ("hellinger").
 - FSDD spoken digits <-> scikit-learn digit images, relevance by shared class (unpaired).
   Audio: 13 MFCC per 10 ms frame (silence trimmed at 30 dB), cepstral mean normalisation per
-  recording (removes the per-recording offset: channel, loudness); image: the sequence of its 8 pixel rows (d = 8).
+  recording (removes the per-recording offset: channel, loudness); image: the sequence of its
+  8 pixel rows (d = 8).
   Digits: every 5th image is test. Protocols: FSDD's documented split (recording index 0-4 =
   test) and leave-one-speaker-out (train on 5 speakers, test on the 6th; mean over 6).
 
@@ -16,8 +17,13 @@ Methods, all on the same features: CCA (scikit-learn; for unpaired FSDD, pairs a
 within classes), semantic correlation matching (SCM: per-modality logistic regression,
 retrieval on class posteriors; pooled mean/std MFCCs for audio), CrossModelCNN with the ADMM
 and Adam solvers, and seed ensembles of it (CrossModelEnsemble; on FSDD also with test-time
-augmentation: the test audio's vectors at 1.0x and the training speed factors, averaged). Hyper-parameters were fixed on validation data carved from the training
-sets only (see docs/learning.md); the test sets are only used for the reported figures and the
+augmentation: the test audio's vectors at 1.0x and the training speed factors, averaged).
+Rows marked "posteriors" rank by the models' class posteriors (``predict_proba`` of the shared
+label classifier) instead of the common-space vectors. On the unseen-speaker folds, one more
+Adam network is fitted on per-speaker CMN audio ("speaker CMN": the held-out speaker's mean
+comes from their unlabelled test recordings, so it is transductive).
+Hyper-parameters were fixed on validation data carved from the training sets only (see
+docs/learning.md); the test sets are only used for the reported figures and the
 "time to reach Adam's test mAP" (evaluated after every iteration, outside the timed solver).
 
     python benchmarks/bench_crossmodel.py [--quick] [--out DIR] [--cache DIR]

@@ -231,3 +231,39 @@ def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path, ensemble
     assert type(loaded.query_embedder.objects["cnn"]) is type(model)
     hit = loaded.search_query(paths[4], "audio", k=1).hits(0)[0]
     assert hit["source"] == paths[4] and hit["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_index_of_class_posteriors(tmp_path):
+    """A "transform" step with method predict_proba: the index holds a cross-model CNN's class
+    posteriors, and an audio query file reaches them through MFCC -> model.predict_proba."""
+    from sklearn.datasets import load_digits
+
+    from commonspace import CrossModelCNN
+    from commonspace.data import list_fsdd
+    from commonspace.encoders import load_encoder
+
+    recs = [r for r in list_fsdd() if r["speaker"] == "theo" and r["index"] < 3]
+    paths = [str(r["path"]) for r in recs]
+    audio = load_encoder("mfcc").encode_audio(paths)
+    digits = load_digits()
+    model = CrossModelCNN(dim=8, window={"audio": 3, "image": 3}, max_iter=3, loss="softmax",
+                          pad_short=True, random_state=0)
+    model.fit({"audio": audio, "image": digits.images[:30]},
+              labels={"audio": [r["digit"] for r in recs], "image": digits.target[:30]})
+    images = digits.images[30:60]
+    gallery = model.predict_proba(images, modality="image")
+    index = EmbeddingIndex().add("image", gallery)
+    step = {"op": "transform", "object": "cnn", "modality": "audio", "method": "predict_proba"}
+    index.query_embedder = QueryEmbedder(
+        {"audio": {"steps": [{"op": "encoder", "model": "mfcc"}, step]}}, {"cnn": model})
+    loaded = EmbeddingIndex.load(index.save(tmp_path / "idx"))
+    q = loaded.query_embedder.embed([paths[7]], "audio")
+    np.testing.assert_allclose(q, model.predict_proba(audio[7:8], modality="audio"), atol=1e-6)
+    # brute force: cosine of the query's posteriors with every gallery row
+    cos = (gallery @ q[0]) / (np.linalg.norm(gallery, axis=1) * np.linalg.norm(q[0]))
+    res = loaded.search_query(paths[7], "audio", k=3)
+    np.testing.assert_allclose([h["score"] for h in res.hits(0)], np.sort(cos)[::-1][:3],
+                               atol=1e-5)
+    loaded.query_embedder.recipes["audio"]["steps"][1]["method"] = "fit"
+    with pytest.raises(InputError, match="method 'fit'"):
+        loaded.query_embedder.embed([paths[7]], "audio")

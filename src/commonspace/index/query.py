@@ -17,7 +17,9 @@ Steps run left to right on a batch of raw queries:
   values in [0, scale] (the layout of scikit-learn's digits: a sequence of h pixel rows)
 - ``{"op": "flatten"}``  (n, ...) -> (n, prod)
 - ``{"op": "sequence"}``  (n, d) -> (n, 1, d): vectors as length-1 sequences (cross-model CNN)
-- ``{"op": "transform", "object": NAME, "modality": M}``  ``objects[NAME].transform(x[, modality=M])``
+- ``{"op": "transform", "object": NAME, "modality": M}``  ``objects[NAME].transform(x[, modality=M])``;
+  with ``"method": "predict_proba"`` (or ``"decision_function"``) that method instead: a
+  cross-model CNN's class posteriors as the index's space
 - ``{"op": "normalize"}``  L2-normalise rows
 
 ``objects`` are fitted estimators saved beside the recipe: :class:`commonspace.KrossFuse`,
@@ -39,6 +41,7 @@ from commonspace.io import atomic_path, save_json
 
 KINDS = ("text", "image", "audio")
 OPS = ("encoder", "pixels", "flatten", "sequence", "transform", "normalize")
+METHODS = ("transform", "predict_proba", "decision_function")  # of a "transform" step
 # commonspace estimators saved through their own save / load (no pickle)
 SAVED_TYPES = ("KrossFuse", "CrossModelCNN", "CrossModelEnsemble")
 
@@ -119,8 +122,12 @@ class QueryEmbedder:
                 x = _numpy(x)[:, None, :]
             elif op == "transform":
                 obj = self._object(step["object"])
-                x = (obj.transform(x, modality=step["modality"]) if step.get("modality")
-                     else obj.transform(x))
+                method = step.get("method", "transform")
+                if method not in METHODS or not hasattr(obj, method):
+                    raise InputError(f"query step method {method!r} is not one of {METHODS} "
+                                     f"that {type(obj).__name__} has")
+                fn = getattr(obj, method)
+                x = fn(x, modality=step["modality"]) if step.get("modality") else fn(x)
             elif op == "normalize":
                 x = _numpy(x)
                 x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
