@@ -107,12 +107,14 @@ def run_ensemble(params, n, X, labels, Xte, yte, names, seed=0):
     return model, both(ua, ub, yte[a], yte[b]), float(sum(model.fit_seconds_))
 
 
-def posterior_scores(model, Xte, yte, names, views=None):
-    """mAP both ways on the class posteriors ``predict_proba``; ``views``: extra versions of
-    the first modality's test items whose posteriors are averaged in (test-time augmentation)."""
+def scores(model, Xte, yte, names, method="transform", views=()):
+    """mAP both ways in a fitted model's common space (``method="transform"``) or on its class
+    posteriors (``"predict_proba"``); ``views``: extra versions of the first modality's test
+    items whose outputs are summed in (test-time augmentation)."""
     a, b = names
-    pa = sum(model.predict_proba(v, modality=a) for v in [Xte[a], *(views or [])])
-    return both(pa, model.predict_proba(Xte[b], modality=b), yte[a], yte[b])
+    f = getattr(model, method)
+    qa = sum(f(v, modality=a) for v in [Xte[a], *views])
+    return both(qa, f(Xte[b], modality=b), yte[a], yte[b])
 
 
 def time_to_reach(curve, target):
@@ -225,7 +227,7 @@ def bench_wikipedia(rows, plots, features, iters):
         rows.append((task, f"CrossModelCNN {solver}", *m, solver_s,
                      f"{len(curve)} it; {total:.0f}s with per-iteration test eval"))
         rows.append((task, f"CrossModelCNN {solver}, posteriors",
-                     *posterior_scores(model, Xte, Yte, ("image", "text")), solver_s, ""))
+                     *scores(model, Xte, Yte, ("image", "text"), "predict_proba"), solver_s, ""))
     target = (res["adam"][1][0] + res["adam"][1][1]) / 2
     reach = {s: time_to_reach(res[s][2], target) for s in res}
     rows.append((task, "time to Adam's final test mAP", target, target, float("nan"),
@@ -236,7 +238,7 @@ def bench_wikipedia(rows, plots, features, iters):
         ens, m, secs = run_ensemble(p, n, X, lab, Xte, Yte, ("image", "text"))
         rows.append((task, f"CrossModelEnsemble {solver} x{n}", *m, secs, "sum over members"))
         rows.append((task, f"CrossModelEnsemble {solver} x{n}, posteriors",
-                     *posterior_scores(ens, Xte, Yte, ("image", "text")), secs, ""))
+                     *scores(ens, Xte, Yte, ("image", "text"), "predict_proba"), secs, ""))
     plot_convergence({s: res[s][0].history_ for s in res}, plots / f"wikipedia_{features}.png",
                      title=task)
 
@@ -301,18 +303,18 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
             p = dict(FSDD_PARAMS, solver="adam", max_iter=iters["adam"])
             ens, m, secs = run_ensemble(p, n_ensemble, X, lab, Xte, Yte, ("audio", "image"))
             out.append((f"CrossModelEnsemble adam x{n_ensemble}", *m, secs, "sum over members"))
-            # test-time augmentation: mean of the unit vectors of the test audio played at
-            # 1.0x and at the training speed factors
+            # test-time augmentation: the sum of the outputs for the test audio played at 1.0x
+            # and at the training speed factors
             views = [center_sequences([src[i] for i in np.flatnonzero(test)])
                      for src in perturbed]
-            ua = sum(ens.transform(v, modality="audio") for v in [a_te, *views])
-            m = both(ua, ens.transform(img_te, modality="image"), ya_te, yi_te)
-            out.append((f"CrossModelEnsemble adam x{n_ensemble} + TTA", *m, secs,
+            names = ("audio", "image")
+            out.append((f"CrossModelEnsemble adam x{n_ensemble} + TTA",
+                        *scores(ens, Xte, Yte, names, views=views), secs,
                         f"test audio at 1.0x and {', '.join(f'{f:g}x' for f in speeds)}"))
             out.append((f"CrossModelEnsemble adam x{n_ensemble}, posteriors",
-                        *posterior_scores(ens, Xte, Yte, ("audio", "image")), secs, ""))
+                        *scores(ens, Xte, Yte, names, "predict_proba"), secs, ""))
             out.append((f"CrossModelEnsemble adam x{n_ensemble} + TTA, posteriors",
-                        *posterior_scores(ens, Xte, Yte, ("audio", "image"), views), secs, ""))
+                        *scores(ens, Xte, Yte, names, "predict_proba", views), secs, ""))
         if name.startswith("LOSO"):
             # per-speaker CMN instead of per recording: the held-out speaker's mean comes from
             # their own unlabelled test recordings (transductive, like Kaldi's speaker CMVN)
@@ -322,8 +324,8 @@ def bench_fsdd(rows, plots, cache, speakers, iters, documented=True, subsample=1
             model, m, solver_s, _, _ = run_cnn(p, Xs, lab, Xs_te, Yte, ("audio", "image"))
             out.append(("CrossModelCNN adam, speaker CMN", *m, solver_s, "transductive"))
             out.append(("CrossModelCNN adam, speaker CMN, posteriors",
-                        *posterior_scores(model, Xs_te, Yte, ("audio", "image")), solver_s,
-                        "transductive"))
+                        *scores(model, Xs_te, Yte, ("audio", "image"), "predict_proba"),
+                        solver_s, "transductive"))
         for r in out:
             rows.append((task, *r))
             if name.startswith("LOSO"):
