@@ -76,37 +76,6 @@ def scm_scores(Xa, ya, Xb, yb, Xa_te, Xb_te, C=0.1):
     return pa.predict_proba(Xa_te), pb.predict_proba(Xb_te)
 
 
-def run_cnn(params, X, labels, Xte, yte, names):
-    """Fit; record test mAP after every iteration (outside the solver's timed section)."""
-    from commonspace import CrossModelCNN
-
-    a, b = names
-    curve = []
-
-    def cb(model, it):
-        ua = model.transform(Xte[a], modality=a)
-        ub = model.transform(Xte[b], modality=b)
-        m = both(ua, ub, yte[a], yte[b])
-        curve.append((model.history_[-1]["seconds"], (m[0] + m[1]) / 2))
-
-    t = time.perf_counter()
-    model = CrossModelCNN(**params).fit(X, labels=labels, callback=cb)
-    total = time.perf_counter() - t
-    ua, ub = model.transform(Xte[a], modality=a), model.transform(Xte[b], modality=b)
-    return model, both(ua, ub, yte[a], yte[b]), model.history_[-1]["seconds"], total, curve
-
-
-def run_ensemble(params, n, X, labels, Xte, yte, names, seed=0):
-    """Seed ensemble of ``n`` members; returns (model, (A->B, B->A), total solver seconds)."""
-    from commonspace import CrossModelCNN, CrossModelEnsemble
-
-    a, b = names
-    base = CrossModelCNN(**dict(params, random_state=None))
-    model = CrossModelEnsemble(base, n_estimators=n, random_state=seed).fit(X, labels=labels)
-    ua, ub = model.transform(Xte[a], modality=a), model.transform(Xte[b], modality=b)
-    return model, both(ua, ub, yte[a], yte[b]), float(sum(model.fit_seconds_))
-
-
 def scores(model, Xte, yte, names, method="transform", views=()):
     """mAP both ways in a fitted model's common space (``method="transform"``) or on its class
     posteriors (``"predict_proba"``); ``views``: extra versions of the first modality's test
@@ -115,6 +84,31 @@ def scores(model, Xte, yte, names, method="transform", views=()):
     f = getattr(model, method)
     qa = sum(f(v, modality=a) for v in [Xte[a], *views])
     return both(qa, f(Xte[b], modality=b), yte[a], yte[b])
+
+
+def run_cnn(params, X, labels, Xte, yte, names):
+    """Fit; record test mAP after every iteration (outside the solver's timed section)."""
+    from commonspace import CrossModelCNN
+
+    curve = []
+
+    def cb(model, it):
+        m = scores(model, Xte, yte, names)
+        curve.append((model.history_[-1]["seconds"], (m[0] + m[1]) / 2))
+
+    t = time.perf_counter()
+    model = CrossModelCNN(**params).fit(X, labels=labels, callback=cb)
+    total = time.perf_counter() - t
+    return model, scores(model, Xte, yte, names), model.history_[-1]["seconds"], total, curve
+
+
+def run_ensemble(params, n, X, labels, Xte, yte, names, seed=0):
+    """Seed ensemble of ``n`` members; returns (model, (A->B, B->A), total solver seconds)."""
+    from commonspace import CrossModelCNN, CrossModelEnsemble
+
+    base = CrossModelCNN(**dict(params, random_state=None))
+    model = CrossModelEnsemble(base, n_estimators=n, random_state=seed).fit(X, labels=labels)
+    return model, scores(model, Xte, yte, names), float(sum(model.fit_seconds_))
 
 
 def time_to_reach(curve, target):
