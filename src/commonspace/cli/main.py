@@ -17,7 +17,7 @@ from commonspace import __version__
 from commonspace.cli._common import Formatter
 from commonspace.exceptions import CommonspaceError
 
-COMMANDS = ("embed", "fuse", "train", "eval", "index", "search", "demo")
+COMMANDS = ("embed", "fuse", "train", "eval", "index", "search", "serve", "demo")
 
 EPILOG = """examples:
   commonspace demo                                   # the whole pipeline on real data, offline
@@ -26,6 +26,7 @@ EPILOG = """examples:
   commonspace eval --embeddings clip=clip.npy fused=fused.npy --labels labels.npy --out report/
   commonspace index --embeddings image=fused_img.npy --out idx/
   commonspace search --index idx/ --vector query.npy -k 5
+  commonspace serve --index idx/                     # search page + JSON API on 127.0.0.1:8000
 
 Run `commonspace COMMAND --help` for each command's options and examples."""
 

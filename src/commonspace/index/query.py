@@ -139,6 +139,12 @@ class QueryEmbedder:
         """Use an already loaded encoder for the model ``name`` (saves loading it again)."""
         self._encoders[name] = encoder
 
+    def load_models(self) -> None:
+        """Load every encoder the recipes name now, not at the first query (a service loads
+        them once at start-up, before it answers requests from several threads)."""
+        for name in self.models():
+            self._encoder(name)
+
     def _encoder(self, name):
         if name not in self._encoders:
             from commonspace.encoders import load_encoder
