@@ -50,8 +50,9 @@ def register(subparsers):
     p.add_argument("--fuser", help="fuser file (.npz): reused if it exists, else fitted and "
                    "saved there (default: OUT.fuser.npz beside the output)")
     p.add_argument("--method", default=argparse.SUPPRESS,
-                   choices=["rp", "tensorsketch", "exact", "paper"],
-                   help="fusion method (default rp)")
+                   choices=["auto", "rp", "tensorsketch", "exact", "paper"],
+                   help="fusion method (default auto: the faster of rp and tensorsketch for "
+                   "the input widths, see docs/fusion.md)")
     p.add_argument("--n-components", default=argparse.SUPPRESS, type=int,
                    help="width of each sketch block (default 4096)")
     p.add_argument("--C", default=argparse.SUPPRESS, type=float,
@@ -110,7 +111,7 @@ def run(args) -> int:
         log.info("reusing fuser %s (%s features per row)", fuser_path, fuser.n_features_out_)
     else:
         given = vars(args)
-        params = {"method": given.get("method", "rp"),
+        params = {"method": given.get("method", "auto"),
                   "n_components": given.get("n_components", 4096), "C": given.get("C", 1.0),
                   "kernel": given.get("kernel", "cosine"),
                   "projection": given.get("projection", "uniform"),

@@ -1,7 +1,7 @@
 """fusion: KrossFuse / RP-KrossFuse, training-free fusion of embeddings by kernel products.
 
-Owns the fusion estimator and its parts; imports only numpy, scipy, torch, tqdm and
-commonspace's shared helpers (never encoders, learning or the CLI).
+Owns the fusion estimator and its parts; imports only numpy, scipy, scikit-learn, torch, tqdm
+and commonspace's shared helpers (never encoders, learning or the CLI).
 
 - :class:`KrossFuse` (krossfuse.py): the estimator (fit / transform / save / load);
 - kernels.py: kernel feature maps (cosine, linear, RBF random Fourier features);
@@ -10,7 +10,7 @@ commonspace's shared helpers (never encoders, learning or the CLI).
 """
 
 from commonspace.fusion.kernels import gaussian_kernel, median_bandwidth
-from commonspace.fusion.krossfuse import METHODS, KrossFuse
+from commonspace.fusion.krossfuse import METHODS, KrossFuse, auto_method
 from commonspace.fusion.sketch import RandomProjectionSketch, TensorSketch, kronecker
 from commonspace.fusion.streaming import transform_to_npy
 
@@ -19,6 +19,7 @@ __all__ = [
     "METHODS",
     "RandomProjectionSketch",
     "TensorSketch",
+    "auto_method",
     "gaussian_kernel",
     "kronecker",
     "median_bandwidth",

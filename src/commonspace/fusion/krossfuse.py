@@ -24,7 +24,8 @@ taken literally (one random projection of psi (x) g_1 (x) g_2 ..., width ``n_com
 with the unbiased overall 1/sqrt(l) scaling. ``cross_dim=None`` fuses embeddings of one
 modality: k = prod_i k_i (Algorithm 1), one block.
 
-Imports: numpy, torch, commonspace._validation/exceptions/io, and the fusion modules.
+Imports: numpy, scikit-learn (base), torch, commonspace._validation/exceptions/io, and the
+fusion modules.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from commonspace._validation import check_choice, check_is_fitted, check_random_state
 from commonspace.exceptions import InputError, MissingFileError
@@ -56,14 +58,37 @@ from commonspace.fusion.sketch import (
     tensor_sketch,
 )
 
-METHODS = ("exact", "rp", "tensorsketch", "paper")
+METHODS = ("auto", "exact", "rp", "tensorsketch", "paper")
 MAX_EXACT_FEATURES = 1 << 20
-_FORMAT = "commonspace.KrossFuse/1"
-_PARAMS = ("cross_dim", "expert_dims", "C", "kernel", "method", "n_components", "projection",
-           "n_fourier_features", "bandwidth", "modalities", "random_state")
+_FORMAT = "commonspace.KrossFuse/2"  # /2 adds method_ (the method "auto" chose)
+_READABLE_FORMATS = ("commonspace.KrossFuse/1", _FORMAT)
+# method="auto" takes TensorSketch when every product block's factors are at least this wide
+# in total (sum of feature widths), else rp: the crossover measured in docs/fusion.md.
+AUTO_TENSORSKETCH_MIN_WIDTH = 512
 
 
-class KrossFuse:
+def auto_method(kernel: str, factor_dims) -> str:
+    """The method ``method="auto"`` uses: the faster sketch that keeps rp's guarantees.
+
+    Both "rp" and "tensorsketch" give the same output layout with an exact cross block (the
+    cross-modal kernel, and rankings, are CLIP's exactly), an unbiased estimate of each product
+    kernel with error O(1/sqrt(l)), and every row rescaled to its exact norm. TensorSketch costs
+    O(sum_i d_i + l log l) per row against rp's O(l sum_i d_i), so it is faster once the
+    factors are wide: "tensorsketch" when every product block's factor widths sum to at least
+    ``AUTO_TENSORSKETCH_MIN_WIDTH``, else "rp". ``kernel="rbf"`` always gets "rp", whose joint
+    random Fourier frequencies carry the Hoeffding bound that TensorSketch of Fourier
+    features does not.
+
+    factor_dims : the feature widths of each product block's factors, e.g. ``[[512, 768]]``
+        (``KrossFuse._product_factor_dims``).
+    """
+    if kernel == "rbf" or not factor_dims:
+        return "rp"
+    wide = all(sum(dims) >= AUTO_TENSORSKETCH_MIN_WIDTH for dims in factor_dims)
+    return "tensorsketch" if wide else "rp"
+
+
+class KrossFuse(BaseEstimator):
     """Training-free fusion of a cross-modal embedding with uni-modal experts (KrossFuse).
 
     Parameters
@@ -76,9 +101,10 @@ class KrossFuse:
         k_psi * prod_e (C + k_e) within a modality and C^E k_psi across modalities.
     kernel : "cosine" (default), "linear" or "rbf" (random Fourier features), for every
         embedding.
-    method : "rp" (default: exact cross block + random-projection product blocks),
-        "tensorsketch", "exact" (materialised Kronecker products; small dims only) or
-        "paper" (literal Algorithm 2).
+    method : "auto" (default: the faster of "rp" and "tensorsketch" for the input dimensions,
+        see :func:`auto_method`), "rp" (exact cross block + random-projection product blocks),
+        "tensorsketch" (the same layout, product blocks by TensorSketch), "exact"
+        (materialised Kronecker products; small dims only) or "paper" (literal Algorithm 2).
     n_components : l, the width of each sketched block.
     projection : distribution of the projection entries: "uniform" on [-sqrt 3, sqrt 3],
         "gaussian" or "rademacher" (all zero mean, unit variance).
@@ -90,17 +116,37 @@ class KrossFuse:
         ``expert_dims``.
     random_state : seed (int), ``None`` or a ``numpy.random.Generator``.
 
-    Fitted attributes
-    -----------------
-    input_dims_ : {name: input width}; names "cross", "<modality>:<i>" (or "<i>").
-    experts_ : {modality: [expert names]} (key ``None`` when ``cross_dim=None``).
-    bandwidths_ : {name: sigma} for kernel="rbf", else {}.
-    blocks_ : list of dicts {"name", "members", "modality", "scale", "start", "stop"}.
-    n_features_out_ : width of the fused output.
-    arrays_ : {key: ndarray}, every random matrix (drawn with NumPy on the CPU).
+    ``__init__`` stores the parameters untouched (scikit-learn's contract: ``clone``,
+    ``get_params(deep=True)`` and ``set_params`` work, e.g. in a ``GridSearchCV`` over
+    ``n_components`` or ``C``); they are validated by :meth:`fit`.
+
+    Attributes
+    ----------
+    method_ : str, the method used: ``method``, or what "auto" chose ("rp" or "tensorsketch").
+    modalities_ : tuple of str, shape (n_modalities,): the valid modality names
+        (``()`` when ``cross_dim=None``).
+    experts_ : dict {modality: list of str}: each modality's expert names, in input order
+        (one key ``None`` with ``["0", "1", ...]`` when ``cross_dim=None``).
+    input_dims_ : dict {name: int}: the width of each input, names "cross" and
+        "<modality>:<i>" (or "<i>" when ``cross_dim=None``). It takes the place of
+        ``n_features_in_``, which describes a single input matrix.
+    feature_dims_ : dict {name: int}: the width of each input's kernel feature map
+        (``input_dims_[name]``; ``2 * n_fourier_features`` for kernel="rbf").
+    bandwidths_ : dict {name: float}: the RBF width sigma of each input (kernel="rbf"),
+        else ``{}``.
+    blocks_ : list of dicts {"name", "members", "modality", "scale", "start", "stop"}: the
+        output's column blocks ``[start, stop)`` in order (see the module docstring).
+    n_features_out_ : int, the width of the fused output, ``blocks_[-1]["stop"]``.
+    arrays_ : dict {key: ndarray}: every random matrix, drawn with NumPy on the CPU:
+        "fourier/<name>" (input_dims_[name], n_fourier_features) float32 (kernel="rbf");
+        "block<b>/<name>" (feature_dims_[name], n_components) float32 projections (rp,
+        paper with cross_dim=None; (input_dims_[name], n_components // 2) frequencies for
+        rp with kernel="rbf"); "block<b>/<name>/hash" (feature_dims_[name],) int64 and
+        ".../sign" (feature_dims_[name],) float32 (tensorsketch); ".../diff"
+        (feature_dims_[name], n_components) and ".../sum" (n_components,) float32 (paper).
     """
 
-    def __init__(self, cross_dim=512, expert_dims=None, C=1.0, kernel="cosine", method="rp",
+    def __init__(self, cross_dim=512, expert_dims=None, C=1.0, kernel="cosine", method="auto",
                  n_components=4096, projection="uniform", n_fourier_features=1024,
                  bandwidth=None, modalities=None, random_state=0):
         self.cross_dim = cross_dim
@@ -115,12 +161,10 @@ class KrossFuse:
         self.modalities = modalities
         self.random_state = random_state
 
-    def get_params(self) -> dict:
-        return {name: getattr(self, name) for name in _PARAMS}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"KrossFuse({args})"
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_cache", None)  # tensors cached per device; rebuilt on demand
+        return state
 
     # ------------------------------------------------------------------ fit
     def fit(self, cross=None, experts=None):
@@ -134,6 +178,7 @@ class KrossFuse:
         """
         self.__dict__.pop("blocks_", None)  # a failed (re)fit leaves the fuser unfitted
         self._check_params()
+        self.method_ = self.method  # "auto" is resolved below, once the feature widths are known
         rng = check_random_state(self.random_state)
         self._cache = {}
         unimodal = self.cross_dim is None
@@ -165,9 +210,11 @@ class KrossFuse:
                 self.feature_dims_[name] = 2 * self.n_fourier_features
             else:
                 self.feature_dims_[name] = d
+        if self.method == "auto":
+            self.method_ = auto_method(self.kernel, self._product_factor_dims())
         blocks = self._layout()
         width = blocks[-1]["stop"]
-        if self.method == "exact" and width > MAX_EXACT_FEATURES:
+        if self.method_ == "exact" and width > MAX_EXACT_FEATURES:
             raise InputError(
                 f"method='exact' would give {width:,} features per row "
                 f"(> {MAX_EXACT_FEATURES:,}); use method='rp' or smaller dimensions")
@@ -203,8 +250,9 @@ class KrossFuse:
         for d in dims:
             if not isinstance(d, (int, np.integer)) or d < 1:
                 raise InputError(f"expert dimensions must be positive integers, got {d!r}")
-        if self.kernel == "rbf" and self.method == "rp" and self.n_components % 2:
-            raise InputError("kernel='rbf' with method='rp' needs an even n_components "
+        if self.kernel == "rbf" and self.method in ("rp", "auto") and self.n_components % 2:
+            raise InputError(f"kernel='rbf' with method={self.method!r} needs an even "
+                             "n_components "
                              "(cosine and sine of n_components / 2 frequencies)")
 
     def _set_bandwidths(self, cross, experts):
@@ -251,41 +299,50 @@ class KrossFuse:
             start += width
 
         width_l, fd = self.n_components, self.feature_dims_
-        if self.cross_dim is None:
-            members = self.experts_[None]
-            width = math.prod(fd[m] for m in members) if self.method == "exact" else width_l
-            add(" x ".join(members), members, None, 1.0, width)
-            return blocks
-        n_experts = sum(len(v) for v in self.experts_.values())
-        if self.method == "paper":
+        if self.cross_dim is not None and self.method_ == "paper":
             add("paper", ["cross"] + [e for m in self.modalities_ for e in self.experts_[m]],
                 None, 1.0, width_l)
             return blocks
-        add("cross", ["cross"], None, self.C ** (n_experts / 2), fd["cross"])
+        if self.cross_dim is not None:
+            n_experts = sum(len(v) for v in self.experts_.values())
+            add("cross", ["cross"], None, self.C ** (n_experts / 2), fd["cross"])
+        for members, modality, scale in self._product_members():
+            width = math.prod(fd[x] for x in members) if self.method_ == "exact" else width_l
+            add(" x ".join(members), members, modality, scale, width)
+        return blocks
+
+    def _product_members(self):
+        """(members, modality, scale) of every product block, in output order."""
+        if self.cross_dim is None:
+            return [(self.experts_[None], None, 1.0)]
+        n_experts = sum(len(v) for v in self.experts_.values())
+        out = []
         for m in self.modalities_:
             names = self.experts_[m]
             for size in range(1, len(names) + 1):
                 for subset in itertools.combinations(names, size):
-                    members = ["cross", *subset]
-                    width = math.prod(fd[x] for x in members) if self.method == "exact" else width_l
-                    add(" x ".join(members), members, m,
-                        self.C ** ((n_experts - size) / 2), width)
-        return blocks
+                    out.append((["cross", *subset], m, self.C ** ((n_experts - size) / 2)))
+        return out
+
+    def _product_factor_dims(self):
+        """Feature widths of the factors of every product block, e.g. [[512, 768]]."""
+        return [[self.feature_dims_[x] for x in members]
+                for members, _, _ in self._product_members()]
 
     def _draw(self, rng):
         width_l = self.n_components
         for b, block in enumerate(self.blocks_):
-            if block["name"] == "cross" or self.method == "exact":
+            if block["name"] == "cross" or self.method_ == "exact":
                 continue
             for name in block["members"]:
                 key = f"block{b}/{name}"
-                if self.method == "tensorsketch":
+                if self.method_ == "tensorsketch":
                     h, s = draw_count_sketch(rng, self.feature_dims_[name], width_l)
                     self.arrays_[key + "/hash"], self.arrays_[key + "/sign"] = h, s
-                elif self.method == "rp" and self.kernel == "rbf":
+                elif self.method_ == "rp" and self.kernel == "rbf":
                     self.arrays_[key] = draw_fourier_frequencies(
                         rng, self.input_dims_[name], width_l // 2, self.bandwidths_[name])
-                elif self.method == "paper" and name != "cross" and self.cross_dim is not None:
+                elif self.method_ == "paper" and name != "cross" and self.cross_dim is not None:
                     # U = [A; B] acts on the 2d symmetrised map g: U^T g = phi @ (A - B)/sqrt2
                     # + a * colsum(A + B)/sqrt2, with phi = 0 for the uncovered modality.
                     d = self.feature_dims_[name]
@@ -376,39 +433,67 @@ class KrossFuse:
         return fourier_features(X, self._tensor(f"fourier/{name}", X.device))
 
     def _fuse_rows(self, modality, rows, out, work):
+        """Fuse one chunk of rows into ``out`` (a view of the output).
+
+        On the CPU every step but the BLAS products and the FFTs runs as single NumPy passes
+        on views of the same memory: the first product of a block is written straight into
+        its output columns, the other factors are multiplied into it in place, and each row
+        is rescaled in place. torch's elementwise kernels would wake its OpenMP pool between
+        OpenBLAS calls; on a machine with busy cores the two thread pools then wait on each
+        other (measured: up to 2.9x the products, docs/fusion.md).
+        """
         import torch
 
         dev = out.device
-        feats = {}
+        cpu = dev.type == "cpu"
+        feats, norms = {}, {}
 
         def f(name):
             if name not in feats:
                 feats[name] = self._features(name, rows[name])
             return feats[name]
 
+        def row_norms(key, x):
+            """Row norms of ``x`` (NumPy on the CPU), cached per chunk; under the cosine
+            kernel an all-zero input row raises."""
+            if key not in norms:
+                if cpu:
+                    a = x.numpy()
+                    norms[key] = np.sqrt(np.einsum("ij,ij->i", a, a))
+                else:
+                    norms[key] = torch.linalg.vector_norm(x, dim=1)
+                if self.kernel == "cosine" and key in rows and not bool((norms[key] > 0).all()):
+                    cosine_features(x, key)  # raises the all-zero-row error
+            return norms[key]
+
         def buffer(i):
             key = ("buf", i)
             if key not in work:
-                work[key] = torch.empty(out.shape[0], self.n_components, device=dev)
+                work[key] = (np.empty((out.shape[0], self.n_components), np.float32) if cpu
+                             else torch.empty(out.shape[0], self.n_components, device=dev))
             return work[key][:out.shape[0]]
 
         for b, block in enumerate(self.blocks_):
             sl = out[:, block["start"]:block["stop"]]
             if block["modality"] not in (None, modality):
-                sl.zero_()
+                if cpu:
+                    sl.numpy().fill(0.0)
+                else:
+                    sl.zero_()
                 continue
             members, scale = block["members"], block["scale"]
             if block["name"] == "cross" and self.kernel == "cosine":
                 x = rows["cross"]  # normalise and scale in one pass
-                norms = torch.linalg.vector_norm(x, dim=1)
-                if not bool((norms > 0).all()):
-                    cosine_features(x, "cross")  # raises the all-zero-row error
-                torch.mul(x, (scale / norms)[:, None], out=sl)
-            elif block["name"] == "cross" or self.method == "exact":
+                factor = scale / row_norms("cross", x)
+                if cpu:
+                    np.multiply(x.numpy(), factor[:, None], out=sl.numpy())
+                else:
+                    torch.mul(x, factor[:, None], out=sl)
+            elif block["name"] == "cross" or self.method_ == "exact":
                 torch.mul(kronecker([f(m) for m in members]), scale, out=sl)
-            elif self.method == "paper":
+            elif self.method_ == "paper":
                 self._paper_block(b, members, rows, f, sl)
-            elif self.method == "rp" and self.kernel == "rbf":
+            elif self.method_ == "rp" and self.kernel == "rbf":
                 # Hadamard product of complex RFF sketches = joint frequencies of the product
                 # of Gaussian kernels: rows have norm exactly `scale`, no rescaling needed.
                 theta = sum(matmul(rows[m], self._tensor(f"block{b}/{m}", dev))
@@ -418,29 +503,46 @@ class KrossFuse:
                 torch.mul(torch.cos(theta), c, out=sl[:, :half])
                 torch.mul(torch.sin(theta), c, out=sl[:, half:])
             else:
-                # Each row is rescaled to its exact norm below, so constant row factors (the
-                # cosine normalisation, 1/sqrt(l)) cancel and are skipped here.
-                fs = [rows[m] if self.kernel == "cosine" else f(m) for m in members]
-                if self.method == "rp":
-                    z = matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev), buffer(0))
-                    for x, m in zip(fs[1:], members[1:], strict=True):
-                        z.mul_(matmul(x, self._tensor(f"block{b}/{m}", dev), buffer(1)))
-                else:
-                    z = tensor_sketch(fs, [self._tensor(f"block{b}/{m}/hash", dev)
-                                           for m in members],
-                                      [self._tensor(f"block{b}/{m}/sign", dev) for m in members],
-                                      self.n_components)
-                if self.kernel == "cosine":
-                    for x, m in zip(fs, members, strict=True):
-                        if not bool((torch.linalg.vector_norm(x, dim=1) > 0).all()):
-                            cosine_features(x, m)  # raises the all-zero-row error
-                    target = scale
-                else:
-                    target = scale * math.prod(x.norm(dim=1) for x in fs)
-                norms = torch.linalg.vector_norm(z, dim=1)
-                factor = torch.where(norms > 0, target / norms.clamp_min(1e-30),
-                                     torch.zeros_like(norms))
-                torch.mul(z, factor[:, None], out=sl)
+                self._sketch_block(b, members, scale, rows, f, row_norms, buffer, sl)
+
+    def _sketch_block(self, b, members, scale, rows, f, row_norms, buffer, sl):
+        """A product block by rp or TensorSketch, each row rescaled to its exact norm."""
+        import torch
+
+        dev, cpu = sl.device, sl.device.type == "cpu"
+        # Each row is rescaled to its exact norm below, so constant row factors (the cosine
+        # normalisation, 1/sqrt(l)) cancel and are skipped here.
+        raw = self.kernel != "rbf"
+        fs = [rows[m] if raw else f(m) for m in members]
+        keys = [m if raw else f"{m}/features" for m in members]
+        target = scale
+        for x, key in zip(fs, keys, strict=True):
+            nx = row_norms(key, x)  # under the cosine kernel: checks for all-zero rows
+            if self.kernel != "cosine":
+                target = target * nx
+        if self.method_ == "rp" and cpu:
+            z = sl.numpy()  # the first product goes straight into the output columns
+            np.matmul(fs[0].numpy(), self.arrays_[f"block{b}/{members[0]}"], out=z)
+            for x, m in zip(fs[1:], members[1:], strict=True):
+                np.multiply(z, np.matmul(x.numpy(), self.arrays_[f"block{b}/{m}"],
+                                         out=buffer(1)), out=z)
+        elif self.method_ == "rp":
+            z = matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev), buffer(0))
+            for x, m in zip(fs[1:], members[1:], strict=True):
+                z.mul_(matmul(x, self._tensor(f"block{b}/{m}", dev), buffer(1)))
+        else:
+            z = tensor_sketch(fs, [self._tensor(f"block{b}/{m}/hash", dev) for m in members],
+                              [self._tensor(f"block{b}/{m}/sign", dev) for m in members],
+                              self.n_components)
+            z = z.numpy() if cpu else z
+        if cpu:
+            nz = np.sqrt(np.einsum("ij,ij->i", z, z))
+            factor = np.divide(target, nz, out=np.zeros_like(nz), where=nz > 0)
+            np.multiply(z, factor[:, None], out=sl.numpy())
+        else:
+            nz = torch.linalg.vector_norm(z, dim=1)
+            factor = torch.where(nz > 0, target / nz.clamp_min(1e-30), torch.zeros_like(nz))
+            torch.mul(z, factor[:, None], out=sl)
 
     def _paper_block(self, b, members, rows, f, sl):
         import torch
@@ -473,10 +575,11 @@ class KrossFuse:
         from commonspace.io import atomic_path
 
         check_is_fitted(self, "blocks_")
-        params = self.get_params()
+        params = self.get_params(deep=False)
         if isinstance(params["random_state"], np.random.Generator):
             params["random_state"] = None
-        meta = {"format": _FORMAT, "params": params, "input_dims_": self.input_dims_,
+        meta = {"format": _FORMAT, "params": params, "method_": self.method_,
+                "input_dims_": self.input_dims_,
                 "experts": [[m, v] for m, v in self.experts_.items()],
                 "modalities_": list(self.modalities_), "bandwidths_": self.bandwidths_,
                 "feature_dims_": self.feature_dims_, "blocks_": self.blocks_,
@@ -499,10 +602,12 @@ class KrossFuse:
                 arrays = {k[2:]: data[k] for k in data.files if k.startswith("a:")}
         except Exception as exc:
             raise InputError(f"{path} is not a saved KrossFuse fuser: {exc}") from exc
-        if meta.get("format") != _FORMAT:
+        if meta.get("format") not in _READABLE_FORMATS:
             raise InputError(f"{path} is not a saved KrossFuse fuser (format "
                              f"{meta.get('format')!r})")
         fuser = cls(**meta["params"])
+        # the method the saved fuser drew its matrices for ("auto" resolved when it was fitted)
+        fuser.method_ = meta.get("method_", meta["params"]["method"])
         fuser.input_dims_ = meta["input_dims_"]
         fuser.experts_ = {m: v for m, v in meta["experts"]}
         fuser.modalities_ = tuple(meta["modalities_"])
