@@ -31,6 +31,7 @@ def run_quick_demo(out):
     code, stdout, stderr = cli("demo", "--quick", "--max-iter", "5", "--out", out)
     assert code == 0, stderr
     assert f"report written to {out}/results.md" in stdout
+    assert f"commonspace serve --index {out}/index" in stdout
     return out, json.loads((out / "results.json").read_text())
 
 

@@ -8,6 +8,7 @@ EXAMPLES = """
   commonspace demo --out demo_report          # digits + captions, MiniLM, CNN, KrossFuse
   commonspace demo --out /tmp/r --quick       # a fast smoke run (fewer iterations)
   commonspace search --index demo_report/index --text "a handwritten seven" -k 5
+  commonspace serve --index demo_report/index       # the same index in a browser
   # your own images (one sub-folder per class) with pretrained models, where available
   commonspace demo --out r/ --images photos/ \\
       --models openclip:ViT-B-32/openai hf:facebook/dinov2-base
@@ -48,4 +49,5 @@ def run(args) -> int:
         print(f"{'MET' if target['met'] else 'MISSED'}: {target['statement']}")
     print(f"report written to {args.out}/results.md "
           f"({results['timings']['total_seconds']:.0f} s)")
+    print(f"search its index in a browser: commonspace serve --index {args.out}/index")
     return 0
