@@ -94,6 +94,9 @@ def in_process(folder: Path, kind: str, queries: list, k: int, n: int):
     index = EmbeddingIndex.load(folder)
     index.query_embedder.load_models()
     expected, times = {}, []
+    for q in queries[:5]:  # warm-up, not timed
+        index.search(np.asarray(q)[None, :], k=k) if kind == "vector" else \
+            index.search_query(q, "text", k=k)
     for i in range(n):
         q = queries[i % len(queries)]
         t0 = time.perf_counter()
