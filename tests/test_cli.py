@@ -22,8 +22,8 @@ def test_top_level_help_lists_every_command():
     listing = proc.stdout.split("positional arguments:")[1].split("options:")[0]
     listed = [ln.split()[0] for ln in listing.splitlines() if ln.startswith("    ") and
               not ln.startswith("     ")]
-    assert listed == ["embed", "fuse", "train", "eval", "index", "search", "demo"]
-    assert set(COMMANDS) == {"embed", "fuse", "train", "eval", "index", "search", "demo"}
+    assert listed == ["embed", "fuse", "train", "eval", "index", "search", "serve", "demo"]
+    assert set(COMMANDS) == {"embed", "fuse", "train", "eval", "index", "search", "serve", "demo"}
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -62,7 +62,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_help_is_fast_without_heavy_imports():
     code = ("import sys; from commonspace.cli.main import build_parser; build_parser(); "
-            "print(sorted(m for m in ('torch', 'faiss', 'open_clip', 'transformers') "
+            "print(sorted(m for m in ('torch', 'faiss', 'open_clip', 'transformers', 'fastapi') "
             "if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=ENV, timeout=60)
