@@ -74,6 +74,11 @@ class EmbeddingIndex:
     normalize : L2-normalise rows and queries (cosine similarity); False keeps raw inner products.
     nprobe : IVF lists visited per query (ignored by other index types).
     ef_search : HNSW search depth (ignored by other index types).
+
+    ``nprobe`` and ``ef_search`` are passed to FAISS with every search as
+    ``faiss.SearchParametersIVF`` / ``SearchParametersHNSW`` (the ``params=`` argument), never
+    set on the shared FAISS index, so concurrent searches (threads) with different values do
+    not race; :meth:`search` takes per-call values too.
     info : free-form JSON-serialisable description saved with the index (model names, ...).
     """
 
@@ -166,11 +171,14 @@ class EmbeddingIndex:
         return out
 
     # ------------------------------------------------------------------ searching
-    def search(self, queries, k: int = 10, modality=None) -> SearchResults:
+    def search(self, queries, k: int = 10, modality=None, *, nprobe: int | None = None,
+               ef_search: int | None = None) -> SearchResults:
         """Top-``k`` rows for each query vector.
 
         queries : (nq, d) or (d,) float array in the index's space.
         modality : a name or list of names to search; default every modality of dimension d.
+        nprobe, ef_search : this search's IVF lists / HNSW depth; default the index's
+            ``nprobe`` / ``ef_search``. Passed per call, so searches in other threads keep theirs.
         """
         if not self.indexes_:
             raise InputError("the index is empty; add embeddings first")
@@ -183,12 +191,18 @@ class EmbeddingIndex:
         d = q.shape[1]
         targets = self._targets(modality, d)
         q = self._prepare(q, "query")
-        self._apply_search_params()
+        for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
+        nprobe = self.nprobe if nprobe is None else nprobe
+        ef_search = self.ef_search if ef_search is None else ef_search
+        faiss = import_faiss()
         offsets = self._offsets()
         all_scores, all_rows = [], []
         for m in targets:
             kk = min(k, self.indexes_[m].ntotal)
-            scores, local = self.indexes_[m].search(q, kk)
+            params = search_parameters(faiss, self.indexes_[m], nprobe, ef_search)
+            scores, local = self.indexes_[m].search(q, kk, params=params)
             rows = np.where(local >= 0, local + offsets[m], -1)
             all_scores.append(np.where(local >= 0, scores, -np.inf).astype(np.float32))
             all_rows.append(rows.astype(np.int64))
@@ -222,17 +236,6 @@ class EmbeddingIndex:
                     f"the query has dimension {d}, but modality {m!r} of the index was built "
                     f"from dimension {self.dims_[m]}; embed the query with the index's model")
         return targets
-
-    def _apply_search_params(self):
-        faiss = import_faiss()
-
-        for index in self.indexes_.values():
-            ivf = faiss.try_extract_index_ivf(index)
-            if ivf is not None:
-                ivf.nprobe = int(self.nprobe)
-            hnsw = getattr(faiss.downcast_index(index), "hnsw", None)
-            if hnsw is not None:
-                hnsw.efSearch = int(self.ef_search)
 
     def search_query(self, query, kind: str, k: int = 10, modality=None) -> SearchResults:
         """Search with a raw query: ``kind`` "text" (a string), "image" or "audio" (a file path).
@@ -342,6 +345,41 @@ class EmbeddingIndex:
 
             self.query_embedder = QueryEmbedder.load(path / spec["query_embedder"])
         return self
+
+
+def search_parameters(faiss, index, nprobe: int, ef_search: int):
+    """The ``faiss.SearchParameters`` that give ``index`` these nprobe / efSearch for one
+    search call, or ``None`` for an index without either (e.g. "Flat").
+
+    Covers IVF indexes (with their coarse quantizer's own parameters, e.g. an HNSW quantizer),
+    HNSW indexes, and a pre-transform ("OPQ16,IVF1024,PQ16") or a refinement stage
+    ("IVF1024,PQ16,Refine(Flat)") around either.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = search_parameters(faiss, index.index, nprobe, ef_search)
+        return None if inner is None else faiss.SearchParametersPreTransform(index_params=inner)
+    if isinstance(index, faiss.IndexIVF):
+        params = faiss.SearchParametersIVF(nprobe=int(nprobe))
+        quantizer = search_parameters(faiss, index.quantizer, nprobe, ef_search)
+        if quantizer is not None:
+            params.quantizer_params = quantizer
+            params.referenced_objects = [quantizer]  # keep it alive with params
+        return params
+    if getattr(index, "hnsw", None) is not None:
+        return faiss.SearchParametersHNSW(efSearch=int(ef_search))
+    if isinstance(index, faiss.IndexRefine):
+        inner = search_parameters(faiss, index.base_index, nprobe, ef_search)
+        if inner is None:
+            return None
+        params = faiss.IndexRefineSearchParameters(k_factor=index.k_factor,
+                                                    base_index_params=inner)
+        params.referenced_objects = [inner]
+        return params
+    if faiss.try_extract_index_ivf(index) is not None:
+        raise InputError(f"cannot pass nprobe per search to a {type(index).__name__}; "
+                         "use an IVF factory string without a refinement stage")
+    return None
 
 
 def _read_index(faiss, file: Path, flags: list[int]):
