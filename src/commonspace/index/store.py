@@ -393,16 +393,27 @@ def _read_index(faiss, file: Path, flags: list[int]):
 
 
 def import_faiss():
-    """Import faiss without its INFO log lines about CPU instruction sets."""
+    """Import faiss without its INFO log lines about CPU instruction sets.
+
+    A filter on the "faiss.loader" logger drops its records below WARNING during the import
+    only; no logger's level is changed, so the caller's logging configuration stays as it was.
+    """
     import logging
 
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    loader = logging.getLogger("faiss.loader")
+
+    def quiet(record):
+        return record.levelno >= logging.WARNING
+
+    loader.addFilter(quiet)
     try:
         import faiss
     except ImportError as exc:
         from commonspace.exceptions import CommonspaceError
 
         raise CommonspaceError("faiss is not installed: pip install 'commonspace[index]'") from exc
+    finally:
+        loader.removeFilter(quiet)
     return faiss
 
 
