@@ -4,9 +4,10 @@ error per output width on the real COCO CLIP pairs, and streaming memory.
 Run:  .venv/bin/python benchmarks/bench_fusion.py            (full sizes, several minutes)
       .venv/bin/python benchmarks/bench_fusion.py --quick    (small sizes, < 1 minute)
 
-All timings are taken in this one run on this machine, as CPU seconds of the process with one
-thread (torch and BLAS), which other processes on a shared machine do not inflate the way they
-inflate wall time; compare the ratios. Repeated timings are interleaved; medians are shown.
+Timings are wall-clock seconds with the default threads (torch's and BLAS's own defaults;
+``--threads N`` limits both), with the CPU seconds of the process beside them: on a shared
+machine wall time is what a user waits for, CPU time what the job consumes. Repeated timings
+are interleaved and medians shown; compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from commonspace.data import load_coco_clip_pairs
-from commonspace.fusion import KrossFuse, RandomProjectionSketch, TensorSketch
+from commonspace.fusion import KrossFuse
 
 
 def timed(fn):
-    """CPU seconds of this process running ``fn`` (1 thread: unaffected by time slices taken
-    by other processes on a shared machine, unlike wall time)."""
-    t = time.process_time()
+    """(wall seconds, CPU seconds of this process) of running ``fn``."""
+    w, c = time.perf_counter(), time.process_time()
     fn()
-    return time.process_time() - t
+    return time.perf_counter() - w, time.process_time() - c
 
 
 def table(header, rows):
@@ -52,11 +52,13 @@ def throughput(n, chunk, repeats, width=4096, d_cross=512, d_expert=768):
     X = rng.standard_normal((n, d_cross), dtype=np.float32)
     E = rng.standard_normal((n, d_expert), dtype=np.float32)
     fusers = {m: KrossFuse(cross_dim=d_cross, expert_dims={"image": d_expert}, method=m,
-                           n_components=width).fit() for m in ("rp", "tensorsketch", "paper")}
+                           n_components=width).fit()
+              for m in ("auto", "rp", "tensorsketch", "paper")}
     U1 = torch.from_numpy(fusers["rp"].arrays_["block1/cross"])
     U2 = torch.from_numpy(fusers["rp"].arrays_["block1/image:0"])
     Xt, Et = torch.from_numpy(X), torch.from_numpy(E)
     buf1, buf2 = torch.empty(chunk, width), torch.empty(chunk, width)
+    nbuf1, nbuf2 = buf1.numpy(), buf2.numpy()
 
     def bare_torch():
         for s in range(0, n, chunk):
@@ -67,8 +69,9 @@ def throughput(n, chunk, repeats, width=4096, d_cross=512, d_expert=768):
     def bare_numpy():
         a, b = U1.numpy(), U2.numpy()
         for s in range(0, n, chunk):
-            X[s:s + chunk] @ a
-            E[s:s + chunk] @ b
+            m = min(chunk, n - s)
+            np.matmul(X[s:s + m], a, out=nbuf1[:m])
+            np.matmul(E[s:s + m], b, out=nbuf2[:m])
 
     def fuse(method):
         def run():
@@ -76,47 +79,79 @@ def throughput(n, chunk, repeats, width=4096, d_cross=512, d_expert=768):
                 fusers[method].transform("image", X[s:s + chunk], E[s:s + chunk])
         return run
 
+    auto = f"auto (default; chose {fusers['auto'].method_})"
     jobs = {"bare products (torch, out=)": bare_torch, "bare products (numpy)": bare_numpy,
-            "rp (default)": fuse("rp"), "tensorsketch": fuse("tensorsketch"),
+            auto: fuse("auto"), "rp": fuse("rp"), "tensorsketch": fuse("tensorsketch"),
             "paper": fuse("paper")}
+    for m in fusers:  # warm-up (thread pools, FFT plans, cached tensors): not timed
+        fusers[m].transform("image", X[:chunk], E[:chunk])
     times = {k: [] for k in jobs}
-    ratios = []
+    per_run = {k: [] for k in (auto, "rp", "tensorsketch")}
     for _ in range(repeats):
         for k, fn in jobs.items():
             times[k].append(timed(fn))
-        ratios.append(times["rp (default)"][-1] / min(times["bare products (torch, out=)"][-1],
-                                                      times["bare products (numpy)"][-1]))
-    bare = min(np.median(times["bare products (torch, out=)"]),
-               np.median(times["bare products (numpy)"]))
+        bare_wall = min(times["bare products (torch, out=)"][-1][0],
+                        times["bare products (numpy)"][-1][0])
+        for k in per_run:
+            per_run[k].append(times[k][-1][0] / bare_wall)
+    wall = {k: float(np.median([t[0] for t in v])) for k, v in times.items()}
+    cpu = {k: float(np.median([t[1] for t in v])) for k, v in times.items()}
+    bare_w = min(wall["bare products (torch, out=)"], wall["bare products (numpy)"])
+    bare_c = min(cpu["bare products (torch, out=)"], cpu["bare products (numpy)"])
     print(f"## 1. Throughput: n={n:,}, cross_dim={d_cross}, expert dim {d_expert}, l={width}, "
-          f"chunks of {chunk} rows, {torch.get_num_threads()} torch threads, median of "
-          f"{repeats} interleaved runs\n")
-    rows = [[k, f"{np.median(v):.2f}", f"{n / np.median(v):,.0f}", f"{np.median(v) / bare:.2f}"]
-            for k, v in times.items()]
-    table(["job", "CPU seconds", "rows per CPU second", "x bare products"], rows)
-    print(f"rp / bare products, per interleaved run: {[round(r, 3) for r in ratios]}; median "
-          f"{np.median(ratios):.3f} (target <= 1.3)\n")
-    return {"ratio_rp_over_bare": float(np.median(ratios)),
-            "rows_per_s": {k: n / float(np.median(v)) for k, v in times.items()}}
+          f"chunks of {chunk} rows, {torch.get_num_threads()} torch threads, "
+          f"{_blas_threads()} BLAS threads, median of {repeats} interleaved runs\n")
+    rows = [[k, f"{wall[k]:.2f}", f"{n / wall[k]:,.0f}", f"{wall[k] / bare_w:.2f}",
+             f"{cpu[k]:.2f}", f"{cpu[k] / bare_c:.2f}"] for k in times]
+    table(["job", "wall seconds", "rows per wall second", "x bare (wall)", "CPU seconds",
+           "x bare (CPU)"], rows)
+    for k, v in per_run.items():
+        print(f"{k} / bare products, wall clock, per interleaved run: "
+              f"{[round(r, 3) for r in v]}; median {np.median(v):.3f} (target <= 1.3)")
+    print()
+    return {"wall_ratio": {k: float(np.median(v)) for k, v in per_run.items()},
+            "rows_per_s": {k: n / v for k, v in wall.items()}}
+
+
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return ", ".join(f"{i['internal_api']} {i['num_threads']}" for i in threadpool_info())
 
 
 # ---------------------------------------------------------------- 2. TensorSketch crossover
-def crossover(n, dims, widths):
+def crossover(n, dims, widths, repeats=3):
+    """One product block of two d-wide factors, as KrossFuse computes it (cross_dim=None):
+    the crossover that method="auto" encodes (AUTO_TENSORSKETCH_MIN_WIDTH, a sum of widths,
+    and AUTO_TENSORSKETCH_MIN_COMPONENTS)."""
+    from commonspace.fusion.krossfuse import (
+        AUTO_TENSORSKETCH_MIN_COMPONENTS,
+        AUTO_TENSORSKETCH_MIN_WIDTH,
+    )
+
     rng = np.random.default_rng(1)
     rows = []
     for d in dims:
-        x = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32))
-        y = torch.from_numpy(rng.standard_normal((n, d), dtype=np.float32))
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        y = rng.standard_normal((n, d), dtype=np.float32)
         for width in widths:
-            rp = RandomProjectionSketch(width).fit([d, d])
-            ts = TensorSketch(width).fit([d, d])
-            t_rp = min(timed(lambda: rp.transform([x, y])) for _ in range(3))  # noqa: B023
-            t_ts = min(timed(lambda: ts.transform([x, y])) for _ in range(3))  # noqa: B023
-            rows.append([d, width, f"{n / t_rp:,.0f}", f"{n / t_ts:,.0f}", f"{t_rp / t_ts:.2f}",
-                         "tensorsketch" if t_ts < t_rp else "rp"])
-    print(f"## 2. Product-block sketch of two d-dim factors, n={n:,} rows (best of 3, CPU time)\n")
-    table(["d", "l", "rp rows per CPU s", "tensorsketch rows per CPU s", "rp time / ts time",
-           "faster"], rows)
+            fs = {m: KrossFuse(cross_dim=None, expert_dims=[d, d], method=m,
+                               n_components=width).fit() for m in ("rp", "tensorsketch", "auto")}
+            t = {m: [] for m in ("rp", "tensorsketch")}
+            for m in t:  # warm-up (thread pools, FFT plans, first allocations): not timed
+                fs[m].transform(expert=[x[:64], y[:64]])
+            for _ in range(repeats):  # interleaved; best of the repeats
+                for m in t:
+                    t[m].append(timed(lambda: fs[m].transform(expert=[x, y])))  # noqa: B023
+            (rw, rc), (tw, tc) = (min(t["rp"]), min(t["tensorsketch"]))
+            rows.append([d, 2 * d, width, f"{rw * 1e3:.1f}", f"{tw * 1e3:.1f}", f"{rw / tw:.2f}",
+                         f"{rc / tc:.2f}", "tensorsketch" if tw < rw else "rp",
+                         fs["auto"].method_])
+    print(f"## 2. One product block of two d-dim factors, n={n:,} rows (best of {repeats}, "
+          f"wall clock; auto takes tensorsketch from a width sum of "
+          f"{AUTO_TENSORSKETCH_MIN_WIDTH} and l >= {AUTO_TENSORSKETCH_MIN_COMPONENTS})\n")
+    table(["d", "sum of widths", "l", "rp wall ms", "ts wall ms", "rp/ts (wall)",
+           "rp/ts (CPU)", "faster", "auto chooses"], rows)
     return rows
 
 
@@ -268,29 +303,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (< 1 minute)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (1 by default: on a shared machine a second "
-                        "OpenMP thread waits on busy cores and makes every timing noisy)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="limit torch and BLAS threads (default: their own defaults)")
     parser.add_argument("--sections", type=int, nargs="+", default=[1, 2, 3, 4],
                         choices=[1, 2, 3, 4], help="which sections to run")
     parser.add_argument("--stream-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.stream_child:
         folder, dtype, chunk = args.stream_child
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+            threadpool_limits(args.threads)
         stream_child(folder, dtype, int(chunk))
         return
     print(f"# bench_fusion ({'quick' if args.quick else 'full'}), torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs\n")
-    torch.set_num_threads(args.threads)
-    threadpool_limits(args.threads)  # numpy's BLAS too, so "bare products (numpy)" is comparable
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # numpy's BLAS too: "bare products (numpy)" comparable
     quick = {1: lambda: throughput(n=4096, chunk=2048, repeats=2, width=1024),
-             2: lambda: crossover(n=500, dims=[64, 512], widths=[256, 2048]),
+             2: lambda: crossover(n=500, dims=[64, 512], widths=[256, 2048], repeats=2),
              3: lambda: coco(widths=[256], seeds=1),
              4: lambda: streaming(n=20_000, chunk=4096, width=1024)}
     full = {1: lambda: throughput(n=50_000, chunk=2048, repeats=3),
-            2: lambda: crossover(n=2000, dims=[32, 128, 512, 2048],
+            2: lambda: crossover(n=4096, dims=[32, 64, 128, 192, 256, 384, 512, 2048],
                                  widths=[256, 1024, 4096, 16384]),
             3: lambda: coco(widths=[512, 1024, 4096], seeds=3),
             4: lambda: streaming(n=200_000, chunk=4096)}

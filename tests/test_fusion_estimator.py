@@ -21,7 +21,10 @@ from commonspace.fusion import (
     TensorSketch,
     auto_method,
 )
-from commonspace.fusion.krossfuse import AUTO_TENSORSKETCH_MIN_WIDTH
+from commonspace.fusion.krossfuse import (
+    AUTO_TENSORSKETCH_MIN_COMPONENTS,
+    AUTO_TENSORSKETCH_MIN_WIDTH,
+)
 
 ESTIMATORS = [
     KrossFuse(cross_dim=512, expert_dims={"image": 24}, n_components=64),
@@ -191,40 +194,74 @@ def test_tensor_sketch_class_matches_the_float64_formula(coco):
 
 # ------------------------------------------------------------------ method="auto"
 def test_auto_rule():
-    T = AUTO_TENSORSKETCH_MIN_WIDTH
-    assert auto_method("cosine", [[512, 768]]) == "tensorsketch"
-    assert auto_method("linear", [[T - 1, 1]]) == "tensorsketch"
-    assert auto_method("cosine", [[T - 2, 1]]) == "rp"
-    assert auto_method("cosine", [[512, 768], [8, 8]]) == "rp"  # every block must be wide
-    assert auto_method("rbf", [[4096, 4096]]) == "rp"  # the Hoeffding bound is rp's
-    assert auto_method("cosine", []) == "rp"
+    T, L = AUTO_TENSORSKETCH_MIN_WIDTH, AUTO_TENSORSKETCH_MIN_COMPONENTS
+    assert auto_method("cosine", [[512, 768]], 4096) == "tensorsketch"  # CLIP + DINOv2
+    assert auto_method("linear", [[T - 1, 1]], L) == "tensorsketch"
+    assert auto_method("cosine", [[T - 2, 1]], 4096) == "rp"
+    assert auto_method("cosine", [[512, 768]], L - 1) == "rp"  # small l: rp is faster
+    assert auto_method("cosine", [[512, 768], [8, 8]], 4096) == "rp"  # every block wide
+    assert auto_method("rbf", [[4096, 4096]], 4096) == "rp"  # the Hoeffding bound is rp's
+    assert auto_method("cosine", [], 4096) == "rp"
 
 
-def test_auto_is_the_default_and_equals_the_method_it_chose(coco, tmp_path):
-    images, captions, expert = coco
+@pytest.mark.parametrize("dims,n_components,chosen", [
+    ({"image": 768}, 1024, "tensorsketch"), ({"image": 24}, 1024, "rp"),
+    ({"image": 768}, 256, "rp")])
+def test_auto_is_the_default_and_equals_the_method_it_chose(coco, tmp_path, dims,
+                                                           n_components, chosen):
+    images, _, _ = coco
+    expert = np.tanh(images @ np.random.default_rng(5).standard_normal((512, dims["image"]))
+                     / 8).astype(np.float32)
     assert KrossFuse().method == "auto"
-    for dims, chosen in (({"image": 24}, "tensorsketch" if 536 >= AUTO_TENSORSKETCH_MIN_WIDTH
-                          else "rp"),):
-        auto = KrossFuse(cross_dim=512, expert_dims=dims, n_components=128).fit()
-        assert auto.method == "auto" and auto.method_ == chosen
-        explicit = KrossFuse(cross_dim=512, expert_dims=dims, n_components=128,
-                             method=chosen).fit()
-        z = auto.transform("image", images, expert)
-        np.testing.assert_array_equal(z, explicit.transform("image", images, expert))
-        loaded = KrossFuse.load(auto.save(tmp_path / "auto.npz"))
-        assert loaded.method == "auto" and loaded.method_ == chosen
-        np.testing.assert_array_equal(loaded.transform("image", images, expert), z)
-    small = KrossFuse(cross_dim=16, expert_dims={"image": 8}).fit()
-    assert small.method_ == "rp"
-    rbf = KrossFuse(cross_dim=512, expert_dims={"image": 24}, kernel="rbf", bandwidth=1.0).fit()
+    auto = KrossFuse(cross_dim=512, expert_dims=dims, n_components=n_components).fit()
+    assert auto.method == "auto" and auto.method_ == chosen
+    explicit = KrossFuse(cross_dim=512, expert_dims=dims, n_components=n_components,
+                         method=chosen).fit()
+    z = auto.transform("image", images, expert)
+    np.testing.assert_array_equal(z, explicit.transform("image", images, expert))
+    loaded = KrossFuse.load(auto.save(tmp_path / "auto.npz"))
+    assert loaded.method == "auto" and loaded.method_ == chosen
+    np.testing.assert_array_equal(loaded.transform("image", images, expert), z)
+
+
+def test_auto_with_rbf_is_rp():
+    rbf = KrossFuse(cross_dim=512, expert_dims={"image": 768}, kernel="rbf", bandwidth=1.0,
+                    n_fourier_features=512).fit()
     assert rbf.method_ == "rp"
 
 
-def test_auto_keeps_the_guarantees_on_real_pairs(coco):
+def test_tensorsketch_row_parts_in_threads_change_nothing(coco):
+    """Above 512 rows the CPU TensorSketch runs row parts in torch.get_num_threads() threads:
+    identical output to one thread, and to the float64 formula."""
+    import torch
+
+    images, _, expert = coco
+    x, e = np.tile(images, (4, 1)), np.tile(expert, (4, 1))  # 800 rows
+    fuser = KrossFuse(cross_dim=512, expert_dims={"image": 24}, method="tensorsketch",
+                      n_components=256, random_state=2).fit()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fuser.transform("image", x, e)
+        torch.set_num_threads(3)
+        three = fuser.transform("image", x, e)
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(three, one)
+    ref = _reference(fuser, "image", x, e)
+    np.testing.assert_allclose(three, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("width,chosen", [(24, "rp"), (768, "tensorsketch")])
+def test_auto_keeps_the_guarantees_on_real_pairs(coco, width, chosen):
     """Cross-modal kernel exactly C * CLIP's; diagonal exact; within-modality error small."""
-    images, captions, expert = coco
+    images, captions, _ = coco
+    expert = np.tanh(images @ np.random.default_rng(6).standard_normal((512, width))
+                     / 8).astype(np.float32)
     C = 1.0
-    fuser = KrossFuse(cross_dim=512, expert_dims={"image": 24}, C=C, n_components=2048).fit()
+    fuser = KrossFuse(cross_dim=512, expert_dims={"image": width}, C=C,
+                      n_components=2048).fit()
+    assert fuser.method_ == chosen
     zi = np.float64(fuser.transform("image", images, expert))
     zt = np.float64(fuser.transform("text", captions))
     clip = _l2(np.float64(images)) @ _l2(np.float64(captions)).T

@@ -56,6 +56,7 @@ from commonspace.fusion.sketch import (
     matmul,
     projection_sketch,
     tensor_sketch,
+    tensor_sketch_numpy,
 )
 
 METHODS = ("auto", "exact", "rp", "tensorsketch", "paper")
@@ -63,26 +64,30 @@ MAX_EXACT_FEATURES = 1 << 20
 _FORMAT = "commonspace.KrossFuse/2"  # /2 adds method_ (the method "auto" chose)
 _READABLE_FORMATS = ("commonspace.KrossFuse/1", _FORMAT)
 # method="auto" takes TensorSketch when every product block's factors are at least this wide
-# in total (sum of feature widths), else rp: the crossover measured in docs/fusion.md.
-AUTO_TENSORSKETCH_MIN_WIDTH = 512
+# in total (sum of feature widths) and n_components is at least this large, else rp: the
+# crossover measured in wall clock with default threads (docs/fusion.md, benchmark section 2).
+AUTO_TENSORSKETCH_MIN_WIDTH = 1024
+AUTO_TENSORSKETCH_MIN_COMPONENTS = 1024
 
 
-def auto_method(kernel: str, factor_dims) -> str:
+def auto_method(kernel: str, factor_dims, n_components: int) -> str:
     """The method ``method="auto"`` uses: the faster sketch that keeps rp's guarantees.
 
     Both "rp" and "tensorsketch" give the same output layout with an exact cross block (the
     cross-modal kernel, and rankings, are CLIP's exactly), an unbiased estimate of each product
     kernel with error O(1/sqrt(l)), and every row rescaled to its exact norm. TensorSketch costs
     O(sum_i d_i + l log l) per row against rp's O(l sum_i d_i), so it is faster once the
-    factors are wide: "tensorsketch" when every product block's factor widths sum to at least
-    ``AUTO_TENSORSKETCH_MIN_WIDTH``, else "rp". ``kernel="rbf"`` always gets "rp", whose joint
-    random Fourier frequencies carry the Hoeffding bound that TensorSketch of Fourier
-    features does not.
+    factors are wide and l is not small: "tensorsketch" when every product block's factor
+    widths sum to at least ``AUTO_TENSORSKETCH_MIN_WIDTH`` (1024) and ``n_components >=
+    AUTO_TENSORSKETCH_MIN_COMPONENTS`` (1024), else "rp" (measured on CPU, wall clock with
+    default threads: docs/fusion.md). ``kernel="rbf"`` always gets "rp", whose joint random
+    Fourier frequencies carry the Hoeffding bound that TensorSketch of Fourier features
+    does not.
 
     factor_dims : the feature widths of each product block's factors, e.g. ``[[512, 768]]``
         (``KrossFuse._product_factor_dims``).
     """
-    if kernel == "rbf" or not factor_dims:
+    if kernel == "rbf" or not factor_dims or n_components < AUTO_TENSORSKETCH_MIN_COMPONENTS:
         return "rp"
     wide = all(sum(dims) >= AUTO_TENSORSKETCH_MIN_WIDTH for dims in factor_dims)
     return "tensorsketch" if wide else "rp"
@@ -211,7 +216,8 @@ class KrossFuse(BaseEstimator):
             else:
                 self.feature_dims_[name] = d
         if self.method == "auto":
-            self.method_ = auto_method(self.kernel, self._product_factor_dims())
+            self.method_ = auto_method(self.kernel, self._product_factor_dims(),
+                                       self.n_components)
         blocks = self._layout()
         width = blocks[-1]["stop"]
         if self.method_ == "exact" and width > MAX_EXACT_FEATURES:
@@ -380,8 +386,13 @@ class KrossFuse(BaseEstimator):
         import torch
 
         n = tensors[0].shape[0]
-        out = torch.empty((n, self.n_features_out_), dtype=torch.float32,
-                          device=tensors[0].device)
+        if tensors[0].device.type == "cpu":
+            # NumPy's allocator asks for transparent huge pages on large arrays (torch's does
+            # not): first-touch page faults on the output drop ~500-fold in number.
+            out = torch.from_numpy(np.empty((n, self.n_features_out_), np.float32))
+        else:
+            out = torch.empty((n, self.n_features_out_), dtype=torch.float32,
+                              device=tensors[0].device)
         step = max(1, int(batch_size))
         work = {}  # (step, l) buffers reused by every chunk: no allocation per chunk
         with torch.no_grad():
@@ -526,20 +537,28 @@ class KrossFuse(BaseEstimator):
             for x, m in zip(fs[1:], members[1:], strict=True):
                 np.multiply(z, np.matmul(x.numpy(), self.arrays_[f"block{b}/{m}"],
                                          out=buffer(1)), out=z)
-        elif self.method_ == "rp":
-            z = matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev), buffer(0))
-            for x, m in zip(fs[1:], members[1:], strict=True):
-                z.mul_(matmul(x, self._tensor(f"block{b}/{m}", dev), buffer(1)))
+            _rescale_rows(z, target, sl.numpy())
+        elif cpu:  # TensorSketch: row parts in threads (SciPy's FFT and sparse code and
+            # NumPy's loops release the GIL); rows are independent, so the result is the same
+            xs = [x.numpy() for x in fs]
+            hashes = [self.arrays_[f"block{b}/{m}/hash"] for m in members]
+            signs = [self.arrays_[f"block{b}/{m}/sign"] for m in members]
+            out = sl.numpy()
+
+            def part(r):
+                z = tensor_sketch_numpy([x[r] for x in xs], hashes, signs, self.n_components)
+                _rescale_rows(z, target if np.isscalar(target) else target[r], out[r])
+
+            _in_threads(part, out.shape[0], torch.get_num_threads())
         else:
-            z = tensor_sketch(fs, [self._tensor(f"block{b}/{m}/hash", dev) for m in members],
-                              [self._tensor(f"block{b}/{m}/sign", dev) for m in members],
-                              self.n_components)
-            z = z.numpy() if cpu else z
-        if cpu:
-            nz = np.sqrt(np.einsum("ij,ij->i", z, z))
-            factor = np.divide(target, nz, out=np.zeros_like(nz), where=nz > 0)
-            np.multiply(z, factor[:, None], out=sl.numpy())
-        else:
+            if self.method_ == "rp":
+                z = matmul(fs[0], self._tensor(f"block{b}/{members[0]}", dev), buffer(0))
+                for x, m in zip(fs[1:], members[1:], strict=True):
+                    z.mul_(matmul(x, self._tensor(f"block{b}/{m}", dev), buffer(1)))
+            else:
+                z = tensor_sketch(fs, [self._tensor(f"block{b}/{m}/hash", dev) for m in members],
+                                  [self._tensor(f"block{b}/{m}/sign", dev) for m in members],
+                                  self.n_components)
             nz = torch.linalg.vector_norm(z, dim=1)
             factor = torch.where(nz > 0, target / nz.clamp_min(1e-30), torch.zeros_like(nz))
             torch.mul(z, factor[:, None], out=sl)
@@ -618,6 +637,28 @@ class KrossFuse(BaseEstimator):
         fuser.arrays_ = arrays
         fuser._cache = {}
         return fuser
+
+
+def _rescale_rows(z, target, out):
+    """out = z with each row scaled to norm ``target`` (a scalar or per-row); zero rows stay 0."""
+    nz = np.sqrt(np.einsum("ij,ij->i", z, z))
+    factor = np.divide(target, nz, out=np.zeros_like(nz), where=nz > 0)
+    np.multiply(z, factor[:, None], out=out)
+
+
+def _in_threads(fn, n_rows: int, threads: int, min_rows: int = 256):
+    """fn(slice) over contiguous row parts, in up to ``threads`` threads."""
+    parts = max(1, min(int(threads), n_rows // min_rows))
+    bounds = np.linspace(0, n_rows, parts + 1).astype(int)
+    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    if parts == 1:
+        fn(slices[0])
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(parts) as pool:
+        for done in [pool.submit(fn, sl) for sl in slices]:
+            done.result()  # re-raises an error of a part
 
 
 def _json_scalar(o):
