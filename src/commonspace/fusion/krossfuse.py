@@ -538,8 +538,8 @@ class KrossFuse(BaseEstimator):
                 np.multiply(z, np.matmul(x.numpy(), self.arrays_[f"block{b}/{m}"],
                                          out=buffer(1)), out=z)
             _rescale_rows(z, target, sl.numpy())
-        elif cpu:  # TensorSketch: row parts in threads (SciPy's FFT and sparse code and
-            # NumPy's loops release the GIL); rows are independent, so the result is the same
+        elif cpu:  # TensorSketch: row parts in threads (SciPy's FFTs and NumPy's loops
+            # release the GIL); rows are independent, so the result is the same
             xs = [x.numpy() for x in fs]
             hashes = [self.arrays_[f"block{b}/{m}/hash"] for m in members]
             signs = [self.arrays_[f"block{b}/{m}/sign"] for m in members]
