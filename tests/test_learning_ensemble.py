@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 import torch
+from _learning_data import paper
 from test_learning import _map, make_data
 
-from commonspace import CrossModelCNN, CrossModelEnsemble
+from commonspace import CrossModelEnsemble
 from commonspace.exceptions import InputError, MissingFileError, NotFittedError
 
 
 def fitted(n_estimators=3, random_state=0, n_jobs=None, **kw):
     seqs, vec, _, y = make_data()
-    base = CrossModelCNN(dim=6, window={"seq": 2, "vec": 1}, max_iter=6, batch_size=None,
+    base = paper(dim=6, window={"seq": 2, "vec": 1}, max_iter=6, batch_size=None,
                          learning_rate=0.02, solver="adam", **kw)
     model = CrossModelEnsemble(base, n_estimators=n_estimators, n_jobs=n_jobs,
                                random_state=random_state)
@@ -86,7 +87,7 @@ def test_real_wikipedia_ensemble_beats_its_members():
     d = load_wikipedia()
     tr = np.arange(0, 2173, 2)
     y, yt = d["y_train"][tr], d["y_test"]
-    base = CrossModelCNN(dim=32, loss="softmax", solver="adam", max_iter=15, batch_size=256,
+    base = paper(dim=32, loss="softmax", solver="adam", max_iter=15, batch_size=256,
                          learning_rate=3e-3)
     model = CrossModelEnsemble(base, n_estimators=4, random_state=0).fit(
         {"image": np.sqrt(d["image_train"][tr]), "text": d["text_train"][tr]},

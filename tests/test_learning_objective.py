@@ -10,22 +10,24 @@ from commonspace.learning.relevance import build_relevance
 
 
 def brute_u_objective(U_blocks, R, Y, F, Lam, Theta, rho, alpha, beta, loss):
-    """The U-subproblem written out with explicit loops over pairs (independent of Problem)."""
+    """The U-subproblem written out with explicit loops over pairs (independent of Problem):
+    the relevance term is the mean over the related pairs, the label term the mean over the
+    labelled modalities."""
     val = 0.0
     for (a, b), Rab in R.items():
         s = 0.0
         for i in range(Rab.shape[0]):
             for j in range(Rab.shape[1]):
                 s += Rab[i, j] * np.sum((U_blocks[a][i] - U_blocks[b][j]) ** 2)
-        val += alpha * s / Rab.sum()
+        val += alpha * s / Rab.sum() / len(R)
     for k, U in U_blocks.items():
         n = U.shape[0]
         if k in Y:
             Z = U @ Theta
             if loss == "squared":
-                val += beta * np.mean(np.sum((Z - Y[k]) ** 2, axis=1))
+                val += beta * np.mean(np.sum((Z - Y[k]) ** 2, axis=1)) / len(Y)
             else:
-                val += -beta * np.mean(np.sum(log_softmax(Z, axis=1) * Y[k], axis=1))
+                val += -beta * np.mean(np.sum(log_softmax(Z, axis=1) * Y[k], axis=1)) / len(Y)
         D = U - F[k]
         val += (np.sum(Lam[k] * D) + 0.5 * rho * np.sum(D ** 2)) / n
     return val
@@ -91,7 +93,8 @@ def test_theta_step_is_the_ridge_solution():
 
     def f(t):
         t = t.reshape(T.shape)
-        val = sum(prob.beta * np.mean(np.sum((F[k] @ t - Y[k]) ** 2, axis=1)) for k in sizes)
+        val = sum(prob.beta * np.mean(np.sum((F[k] @ t - Y[k]) ** 2, axis=1))
+                  for k in sizes) / len(sizes)
         return val + gamma * np.sum(t ** 2)
 
     ref = minimize(f, np.zeros(T.size), method="BFGS", options={"gtol": 1e-10}).x
@@ -114,7 +117,7 @@ def test_softmax_steps_reach_the_minimum():
     def g(t):
         t = t.reshape(T.shape)
         val = sum(-prob.beta * np.mean(np.sum(log_softmax(U[prob.slice(k)] @ t, axis=1) * Y[k],
-                                              axis=1)) for k in sizes)
+                                              axis=1)) for k in sizes) / len(sizes)
         return val + 0.1 * np.sum(t ** 2)
 
     ref_t = minimize(g, np.zeros(T.size), method="BFGS", options={"gtol": 1e-9}).x
@@ -127,5 +130,5 @@ def test_relevance_term_equals_pairwise_sum():
     expected = 0.0
     for (a, b), M in dense.items():
         d2 = ((F[a][:, None, :] - F[b][None, :, :]) ** 2).sum(-1)
-        expected += prob.alpha * (M * d2).sum() / M.sum()
+        expected += prob.alpha * (M * d2).sum() / M.sum() / len(dense)
     assert prob.relevance_term(U) == pytest.approx(expected, rel=1e-10)

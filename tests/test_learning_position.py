@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _learning_data import paper
 
 from commonspace import CrossModelCNN
 from commonspace.exceptions import InputError
@@ -41,7 +42,7 @@ def order_data(n=80, seed=0):
 @pytest.mark.parametrize("position", [False, True])
 def test_position_lets_window_1_filters_see_order(position):
     seqs, other, y = order_data()
-    model = CrossModelCNN(dim=8, window=1, position=position, solver="adam", max_iter=60,
+    model = paper(dim=8, window=1, position=position, solver="adam", max_iter=60,
                           batch_size=None, learning_rate=0.03, loss="softmax",
                           random_state=0)
     model.fit({"seq": seqs, "vec": other}, labels={"seq": y, "vec": y})
@@ -81,7 +82,7 @@ def test_short_sequences_for_the_span_and_roundtrip(tmp_path):
     labels = {"seq": y, "rev": y}
     params = dict(dim=4, window=1, hidden=(8,), hidden_window=2, position={"seq": True},
                   max_iter=2, solver="adam", random_state=0)
-    model = CrossModelCNN(**params).fit(X, labels=labels)
+    model = paper(**params).fit(X, labels=labels)
     with pytest.raises(InputError, match="shorter than the window 2"):
         model.transform([s[:1] for s in seqs], modality="seq")
     model.save(tmp_path / "m.pt")

@@ -48,7 +48,8 @@ def test_health_names_every_modality_and_query_kind(client):
     answer = client.get("/api/health").json()
     assert answer["status"] == "ok"
     assert answer["modalities"] == {"image": 60, "audio": 30, "text": 40}
-    assert answer["ntotal"] == 130 and set(answer["dims"].values()) == {16}
+    # the model's default space is its class posteriors: one dimension per digit class
+    assert answer["ntotal"] == 130 and set(answer["dims"].values()) == {10}
     assert answer["query_kinds"] == ["vector", "text", "image", "audio"]
 
 
@@ -98,7 +99,7 @@ def test_uploaded_image_and_recording_find_themselves(built, client):
 BAD = [
     ('{"text": "a', 400, "malformed JSON"),
     ('{"vector": [1, 2, 3]}', 400, "dimension 3"),
-    ('{"vector": [NaN' + ", 1" * 15 + "]}", 400, "NaN"),
+    ('{"vector": [NaN' + ", 1" * 9 + "]}", 400, "NaN"),
     ('{"vector": []}', 400, "empty vector"),
     ('{"vector": ["a"]}', 422, "vector"),
     ('{"text": "   "}', 400, "empty text"),
@@ -171,7 +172,7 @@ def test_unexpected_errors_are_500_without_detail(built, monkeypatch):
 
     monkeypatch.setattr(service.index, "search", broken)
     response = TestClient(app, raise_server_exceptions=False).post(
-        "/api/search", json={"vector": [1.0] * 16})
+        "/api/search", json={"vector": [1.0] * 10})
     assert response.status_code == 500
     assert response.json() == {"error": "internal server error"}
 

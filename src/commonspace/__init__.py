@@ -17,7 +17,8 @@ from commonspace._compat import install_torchvision_guard
 
 install_torchvision_guard()
 
-__all__ = ["KrossFuse", "CrossModelCNN", "CrossModelEnsemble", "__version__"]
+__all__ = ["KrossFuse", "CrossModelCNN", "CrossModelEnsemble", "CrossModelCNNCV",
+           "SemanticMatching", "__version__"]
 
 
 def __getattr__(name):
@@ -26,7 +27,7 @@ def __getattr__(name):
         from commonspace.fusion import KrossFuse
 
         return KrossFuse
-    if name in ("CrossModelCNN", "CrossModelEnsemble"):
+    if name in ("CrossModelCNN", "CrossModelEnsemble", "CrossModelCNNCV", "SemanticMatching"):
         import commonspace.learning as learning
 
         return getattr(learning, name)

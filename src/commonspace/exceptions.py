@@ -48,3 +48,8 @@ class NotFoundError(CommonspaceError, LookupError):
 
     exit_code = 3
     http_status = 404
+
+
+class DegenerateOutputWarning(UserWarning):
+    """A fitted model's output is degenerate: all-zero or constant rows, or a label classifier
+    at chance level on its own training data. The message carries the figures."""

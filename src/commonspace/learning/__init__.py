@@ -9,5 +9,7 @@ numpy, scipy, torch, joblib and commonspace's shared helpers only.
 
 from commonspace.learning.crossmodel import CrossModelCNN
 from commonspace.learning.ensemble import CrossModelEnsemble
+from commonspace.learning.selection import CrossModelCNNCV
+from commonspace.learning.semantic import SemanticMatching
 
-__all__ = ["CrossModelCNN", "CrossModelEnsemble"]
+__all__ = ["CrossModelCNN", "CrossModelCNNCV", "CrossModelEnsemble", "SemanticMatching"]

@@ -17,9 +17,13 @@ from commonspace.learning.admm import network_outputs, objective_terms
 
 
 def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batch_size, rng,
-               callback=None, progress=None):
+               scale=None, callback=None, progress=None):
     """Run Adam in place on ``nets``; returns ``(theta (r, C), history list of dicts)``.
 
+    scale : None for a free linear classifier ``Theta``; a number ``s`` for a cosine classifier,
+        whose logits are ``s * u^T theta_c / ||theta_c||`` (with unit-norm ``u``: ``s`` times a
+        cosine, so ``s`` is an inverse temperature). The returned ``theta`` is then the
+        effective ``s * theta_c / ||theta_c||``, so ``u @ theta`` gives the logits either way.
     Stops early when ``callback(iteration, theta, history)`` returns True.
     """
     names = problem.names
@@ -29,6 +33,9 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
     theta = torch.zeros(r, C, requires_grad=True)
     with torch.no_grad():
         theta.normal_(0.0, 1.0 / math.sqrt(r), generator=gen)
+    def effective(t):
+        return t if scale is None else scale * t / t.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
     params = [p for k in names for p in nets[k].parameters()] + [theta]
     opt = torch.optim.Adam(params, lr=learning_rate)
     Y = torch.from_numpy(problem.Y).float()
@@ -49,11 +56,11 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
                 x, lengths = data[k]
                 lb = lengths[idx[k]]
                 out[k] = nets[k](x[idx[k]][:, : int(lb.max())], lb)
-            loss = _batch_objective(problem, out, idx, theta, Y, lw, gamma, nets)
+            loss = _batch_objective(problem, out, idx, effective(theta), Y, lw, gamma, nets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        th = theta.detach().double().numpy()
+        th = effective(theta.detach()).double().numpy()
         F = network_outputs(nets, data, problem)
         terms = objective_terms(problem, F, th, nets, gamma)
         change = (abs(terms["objective"] - prev) / max(abs(prev), 1e-12)
@@ -69,7 +76,7 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
             break
         if change < tol:
             break
-    return theta.detach().double().numpy(), history
+    return effective(theta.detach()).double().numpy(), history
 
 
 def _batch_indices(sizes, bs, same_index, gen):
@@ -90,7 +97,7 @@ def _batch_objective(problem, out, idx, theta, Y, lw, gamma, nets):
         u, v = out[k], out[k2]
         sq = (Rb.sum(1) * (u ** 2).sum(1)).sum() + (Rb.sum(0) * (v ** 2).sum(1)).sum() \
             - 2 * (Rb * (u @ v.T)).sum()
-        loss = loss + problem.alpha * sq / total
+        loss = loss + problem.alpha * problem.pair_weight * sq / total
     if problem.C and problem.beta:
         for k in problem.names:
             sl = problem.slice(k)
@@ -103,5 +110,5 @@ def _batch_objective(problem, out, idx, theta, Y, lw, gamma, nets):
                 per = ((z - Y[rows]) ** 2).sum(1)
             else:
                 per = -(torch.log_softmax(z, dim=1) * Y[rows]).sum(1)
-            loss = loss + problem.beta * (w * per).sum() / w.sum()
+            loss = loss + problem.beta * problem.modality_weight * (w * per).sum() / w.sum()
     return loss

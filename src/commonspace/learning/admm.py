@@ -51,7 +51,7 @@ def objective_terms(problem, F, theta, nets, gamma):
 
 
 def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, inner_steps,
-               learning_rate, batch_size, rng, callback=None, progress=None):
+               learning_rate, batch_size, rng, newton_iter=20, callback=None, progress=None):
     """Run ADMM in place on ``nets``; returns ``(theta (r, C), history list of dicts)``.
 
     Stops early when ``callback(iteration, theta, history)`` returns True.
@@ -61,13 +61,13 @@ def solve_admm(problem, nets, data, *, gamma, max_iter, tol, rho, mu, rho_max, i
     F = network_outputs(nets, data, problem)
     U = F.copy()
     Lam = np.zeros_like(F)
-    theta = problem.theta_step(F, gamma)
+    theta = problem.theta_step(F, gamma, newton_iter=newton_iter)
     history, prev, elapsed = [], None, 0.0
     rho0 = rho
     for it in range(max_iter):
         t0 = time.perf_counter()
-        U = problem.u_step(F, Lam, theta, rho, U0=U)
-        theta = problem.theta_step(U, gamma, Theta0=theta)
+        U = problem.u_step(F, Lam, theta, rho, U0=U, newton_iter=newton_iter)
+        theta = problem.theta_step(U, gamma, Theta0=theta, newton_iter=newton_iter)
         target = U + Lam / rho
         for opt in opts.values():
             for group in opt.param_groups:

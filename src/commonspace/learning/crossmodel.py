@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from commonspace._validation import check_choice, check_is_fitted, check_random_state
-from commonspace.exceptions import InputError, MissingFileError
+from commonspace.exceptions import DegenerateOutputWarning, InputError, MissingFileError
 from commonspace.io import atomic_path
 from commonspace.learning.early_stopping import Monitor, split_validation
 from commonspace.learning.network import (
@@ -20,15 +22,28 @@ from commonspace.learning.network import (
     receptive_span,
 )
 from commonspace.learning.objective import Problem
+from commonspace.learning.preprocess import apply_input_map, choose_input_map
 from commonspace.learning.relevance import build_relevance
 from commonspace.learning.sequences import append_position, as_padded, fit_window
 
 SOLVERS = ("admm", "adam")
+SPACES = ("auto", "posterior", "embedding")
+# The defaults, chosen by cross-validation on the training parts of the development sets only
+# (docs/learning.md, "Choosing the defaults"; benchmarks/select_defaults.py).
+DEFAULTS = {"dim": 512, "alpha": 1.0, "gamma": 1e-3, "solver": "adam", "loss": "softmax",
+            "input_map": "auto", "normalize": True, "scale": 10.0, "space": "auto",
+            "max_iter": 100}
+# The formulation of the paper (arXiv 1611.06306) as the first versions had it by default:
+# ADMM, one-hot squared loss, raw (unnormalised) network outputs as the space, standardised
+# inputs. ``CrossModelCNN(**PAPER)`` reproduces it; it loses to semantic matching on every
+# development set (docs/learning.md).
+PAPER = {"dim": 64, "alpha": 1.0, "gamma": 1e-4, "solver": "admm", "loss": "squared",
+         "input_map": "none", "normalize": False, "space": "embedding", "max_iter": 100}
 FORMAT = "commonspace.CrossModelCNN/1"
 LOSSES = ("squared", "softmax")
 
 
-class CrossModelCNN:
+class CrossModelCNN(BaseEstimator):
     """Learn one common space ``R^dim`` for sequences of two or more modalities.
 
     One CNN per modality (window convolution, activation, max-pool over windows) maps item
@@ -76,13 +91,16 @@ class CrossModelCNN:
     verbose : print one line per iteration.
     """
 
-    def __init__(self, dim=64, window=1, alpha=1.0, beta=1.0, gamma=1e-4, solver="admm",
-                 loss="squared", activation="relu", hidden=(), hidden_window=1, position=False,
-                 pad_short=False, standardize=True,
-                 max_iter=100, tol=1e-4, rho=10.0, mu=1.05, rho_max=1000.0, inner_steps=5,
-                 learning_rate=1e-2, batch_size=1024, newton_iter=20, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=10, n_threads=1,
-                 random_state=None, verbose=False):
+    def __init__(self, dim=DEFAULTS["dim"], window=1, alpha=DEFAULTS["alpha"], beta=1.0,
+                 gamma=DEFAULTS["gamma"], solver=DEFAULTS["solver"], loss=DEFAULTS["loss"],
+                 activation="relu", hidden=(), hidden_window=1, position=False,
+                 pad_short=False, standardize=True, input_map=DEFAULTS["input_map"],
+                 normalize=DEFAULTS["normalize"], scale=DEFAULTS["scale"],
+                 space=DEFAULTS["space"],
+                 max_iter=DEFAULTS["max_iter"], tol=1e-4, rho=10.0, mu=1.05, rho_max=1000.0,
+                 inner_steps=5, learning_rate=1e-2, batch_size=1024, newton_iter=20,
+                 early_stopping=False, validation_fraction=0.1, n_iter_no_change=10,
+                 n_threads=1, random_state=None, verbose=False):
         self.dim = dim
         self.window = window
         self.alpha = alpha
@@ -96,6 +114,10 @@ class CrossModelCNN:
         self.position = position
         self.pad_short = pad_short
         self.standardize = standardize
+        self.input_map = input_map
+        self.normalize = normalize
+        self.scale = scale
+        self.space = space
         self.max_iter = max_iter
         self.tol = tol
         self.rho = rho
@@ -112,22 +134,6 @@ class CrossModelCNN:
         self.random_state = random_state
         self.verbose = verbose
 
-    _PARAMS = ("dim", "window", "alpha", "beta", "gamma", "solver", "loss", "activation",
-               "hidden", "hidden_window", "position", "pad_short", "standardize", "max_iter",
-               "tol", "rho", "mu", "rho_max", "inner_steps", "learning_rate", "batch_size",
-               "newton_iter", "early_stopping", "validation_fraction", "n_iter_no_change",
-               "n_threads", "random_state", "verbose")
-
-    def get_params(self, deep=True):
-        return {p: getattr(self, p) for p in self._PARAMS}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self._PARAMS:
-                raise InputError(f"unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
-
     # ------------------------------------------------------------------------------------
     def fit(self, X: dict, labels: dict | None = None, relevance=None, callback=None):
         """Learn the networks from ``X = {modality: sequences}`` (see
@@ -142,7 +148,11 @@ class CrossModelCNN:
             ``history_[i]["seconds"]``.
         """
         with _torch_threads(self.n_threads):
-            return self._fit(X, labels, relevance, callback)
+            try:
+                return self._fit(X, labels, relevance, callback)
+            except BaseException:
+                clear_fitted(self)  # a failed (re)fit must not look fitted
+                raise
 
     def _fit(self, X, labels, relevance, callback):
         self._check_params()
@@ -153,12 +163,14 @@ class CrossModelCNN:
             raise InputError("modality names must be distinct strings")
         windows = self._windows(names)
         positions = self._positions(names)
-        raw, sizes, n_features = {}, {}, {}
+        raw, sizes, n_features, maps = {}, {}, {}, {}
         for k, name in zip(X, names, strict=True):
             padded, lengths = as_padded(X[k], name=f"X[{k!r}]")
             span = receptive_span(windows[name], self.hidden, self.hidden_window)
             padded, lengths = fit_window(padded, lengths, span, self.pad_short, name=f"X[{k!r}]")
             n_features[name] = padded.shape[2]
+            maps[name] = choose_input_map(padded, lengths, self.input_map, name=f"X[{k!r}]")
+            padded = apply_input_map(padded, lengths, maps[name])
             if positions[name]:
                 padded = append_position(padded, lengths)
             raw[name] = (padded, lengths)
@@ -181,19 +193,26 @@ class CrossModelCNN:
         for k in names:
             padded, lengths = raw[k]
             mean, scale = _standardizer(padded, lengths, self.standardize)
+            if maps[k] == "log":  # already on a unit scale; keep the map's geometry
+                mean[:n_features[k]], scale[:n_features[k]] = 0.0, 1.0
             stats[k] = (mean, scale)
             data[k] = (torch.from_numpy(_apply(padded, lengths, mean, scale)),
                        torch.from_numpy(lengths))
         rel = build_relevance(sizes, enc_labels, relevance, len(classes))
         problem = Problem(sizes, rel, enc_labels, len(classes), self.alpha, self.beta, self.loss)
-        torch.manual_seed(int(rng.integers(2**31)))
-        nets = {k: SequenceCNN(n_features[k] + positions[k], self.dim, windows[k], self.activation,
-                               tuple(self.hidden), int(self.hidden_window)) for k in names}
+        # A forked RNG: the caller's global torch RNG is left as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(2**31)))
+            nets = {k: SequenceCNN(n_features[k] + positions[k], self.dim, windows[k],
+                                   self.activation, tuple(self.hidden), int(self.hidden_window),
+                                   normalize=bool(self.normalize))
+                    for k in names}
 
         self.modalities_ = names
         self.window_ = windows
         self.position_ = positions
         self.n_features_ = n_features
+        self.input_map_ = maps
         self.mean_ = {k: s[0] for k, s in stats.items()}
         self.scale_ = {k: s[1] for k, s in stats.items()}
         self.classes_ = classes
@@ -226,11 +245,14 @@ class CrossModelCNN:
 
             theta, history = solve_admm(problem, nets, data, rho=float(self.rho),
                                         mu=float(self.mu), rho_max=float(self.rho_max),
-                                        inner_steps=int(self.inner_steps), **common)
+                                        inner_steps=int(self.inner_steps),
+                                        newton_iter=int(self.newton_iter), **common)
         else:
             from commonspace.learning.adam import solve_adam
 
-            theta, history = solve_adam(problem, nets, data, **common)
+            theta, history = solve_adam(problem, nets, data,
+                                        scale=float(self.scale) if self.normalize else None,
+                                        **common)
         if monitor is not None:
             theta = monitor.restore()
             self.validation_scores_ = list(monitor.scores)
@@ -241,12 +263,73 @@ class CrossModelCNN:
         self.theta_ = theta.astype(np.float32)
         self.history_ = history
         self.n_iter_ = len(history)
+        self.space_ = self._resolve_space(classes)
+        self._check_degenerate(data, enc_labels)
         return self
 
+    def _resolve_space(self, classes):
+        if self.space == "auto":
+            labelled = classes.size > 0 and self.beta > 0
+            return "posterior" if labelled and self.loss == "softmax" else "embedding"
+        if self.space == "posterior" and not (classes.size and self.beta > 0
+                                              and self.loss == "softmax"):
+            raise InputError("space='posterior' needs labels, beta > 0 and loss='softmax'")
+        return self.space
+
+    def _check_degenerate(self, data, labels):
+        """Warn, with the figures, when the fitted networks' training outputs are degenerate."""
+        dead, const, acc = {}, {}, {}
+        for k in self.modalities_:
+            F = forward_batched(self.nets_[k], *data[k]).numpy()
+            dead[k] = int((~np.any(F != 0, axis=1)).sum())
+            const[k] = bool(len(F) > 1 and np.allclose(F, F[:1], atol=1e-6))
+            if labels and k in labels and self.space_ == "posterior":
+                y = labels[k]
+                ok = y >= 0
+                acc[k] = float(np.mean(np.argmax(F[ok] @ self.theta_, axis=1) == y[ok]))
+        self.training_accuracy_ = acc
+        self.dead_rows_ = dead
+        problems = [f"{k}: {n} of {len(data[k][1])} training outputs are all-zero vectors"
+                    for k, n in dead.items() if n]
+        problems += [f"{k}: every training item maps to the same vector" for k, c in
+                     const.items() if c]
+        n_classes = max(len(self.classes_), 1)
+        problems += [f"{k}: training label accuracy {a:.3f} is at chance (1/{n_classes})"
+                     for k, a in acc.items() if n_classes > 1 and a <= 1.5 / n_classes]
+        if problems:
+            warnings.warn("CrossModelCNN fit is degenerate: " + "; ".join(problems) + ". Try "
+                          "another random_state, activation='tanh', a smaller alpha or more "
+                          "max_iter.", DegenerateOutputWarning, stacklevel=3)
+
     def transform(self, seqs, modality: str, lengths=None) -> np.ndarray:
-        """Common-space vectors ``(n, dim)`` float32 of sequences of a fitted ``modality``."""
+        """Common-space vectors of sequences of a fitted ``modality``, float32.
+
+        ``space_ == "posterior"``: the shared classifier's class posteriors ``(n, n_classes)``
+        (columns in ``classes_`` order); ``"embedding"``: the network outputs ``(n, dim)``
+        (unit rows with ``normalize=True``). Warns (:class:`DegenerateOutputWarning`) when an
+        item's network output is the zero vector.
+        """
+        check_is_fitted(self, "nets_")
+        U = self.embed(seqs, modality, lengths)
+        if self.space_ == "posterior":
+            return self._posteriors(U)
+        return U
+
+    def embed(self, seqs, modality: str, lengths=None) -> np.ndarray:
+        """Network outputs ``u`` ``(n, dim)`` float32, whatever ``space_`` is."""
         with _torch_threads(self.n_threads):
-            return self._transform(seqs, modality, lengths)
+            U = self._transform(seqs, modality, lengths)
+        dead = int((~np.any(U != 0, axis=1)).sum())
+        if dead:
+            warnings.warn(f"{dead} of {len(U)} items of {modality!r} map to the zero vector (no "
+                          f"filter fires): they have no direction in the common space",
+                          DegenerateOutputWarning, stacklevel=2)
+        return U
+
+    def _posteriors(self, U):
+        from scipy.special import softmax
+
+        return softmax(U.astype(np.float64) @ self.theta_, axis=1).astype(np.float32)
 
     def _transform(self, seqs, modality, lengths):
         check_is_fitted(self, "nets_")
@@ -257,6 +340,7 @@ class CrossModelCNN:
                                     n_features=self.n_features_[modality])
         padded, lengths = fit_window(padded, lengths, self.nets_[modality].span, self.pad_short,
                                      name=f"sequences of {modality!r}")
+        padded = apply_input_map(padded, lengths, self.input_map_[modality])
         if self.position_[modality]:
             padded = append_position(padded, lengths)
         x = _apply(padded, lengths, self.mean_[modality], self.scale_[modality])
@@ -271,7 +355,7 @@ class CrossModelCNN:
         if self.classes_.size == 0 or self.beta == 0:
             raise InputError("the model has no label classifier: it was fitted without labels "
                              "or with beta=0")
-        return self.transform(seqs, modality, lengths) @ self.theta_
+        return self.embed(seqs, modality, lengths) @ self.theta_
 
     def predict_proba(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Class posteriors ``softmax(u^T Theta)`` ``(n, n_classes)`` float32 (``loss="softmax"``).
@@ -280,13 +364,14 @@ class CrossModelCNN:
         space: retrieval on them is semantic matching (Rasiwasia et al. 2010) on top of the
         learned one.
         """
-        from scipy.special import softmax
-
         if self.loss != "softmax":
             raise InputError(f"predict_proba needs loss='softmax', the model has "
                              f"loss={self.loss!r}; use decision_function")
-        z = self.decision_function(seqs, modality, lengths)
-        return softmax(z, axis=1).astype(np.float32)
+        check_is_fitted(self, "nets_")
+        if self.classes_.size == 0 or self.beta == 0:
+            raise InputError("the model has no label classifier: it was fitted without labels "
+                             "or with beta=0")
+        return self._posteriors(self.embed(seqs, modality, lengths))
 
     def predict(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Predicted class labels ``(n,)`` (values of ``classes_``)."""
@@ -320,6 +405,8 @@ class CrossModelCNN:
             "window": dict(self.window_),
             "position": dict(self.position_),
             "n_features": dict(self.n_features_),
+            "input_map": dict(self.input_map_),
+            "space": self.space_,
             "classes": [c.item() if isinstance(c, np.generic) else c for c in self.classes_],
             "theta": torch.from_numpy(self.theta_),
             "mean": {k: torch.from_numpy(v) for k, v in self.mean_.items()},
@@ -334,11 +421,16 @@ class CrossModelCNN:
         params["hidden"] = tuple(params["hidden"])
         params.setdefault("hidden_window", 1)  # files written before these parameters existed
         params.setdefault("position", False)
+        for name, old_default in (("input_map", "none"), ("normalize", False), ("scale", 10.0),
+                                  ("space", "embedding")):  # files of format /1 before these
+            params.setdefault(name, old_default)
         model = cls(**params)
         model.modalities_ = list(state["modalities"])
         model.window_ = dict(state["window"])
         model.position_ = dict(state.get("position") or dict.fromkeys(model.modalities_, False))
         model.n_features_ = dict(state["n_features"])
+        model.input_map_ = dict(state.get("input_map") or dict.fromkeys(model.modalities_, "none"))
+        model.space_ = state.get("space", "embedding")
         model.classes_ = np.array(state["classes"])
         model.theta_ = state["theta"].numpy()
         model.mean_ = {k: v.numpy() for k, v in state["mean"].items()}
@@ -347,7 +439,7 @@ class CrossModelCNN:
         for k in model.modalities_:
             net = SequenceCNN(model.n_features_[k] + model.position_[k], params["dim"],
                               model.window_[k], params["activation"], params["hidden"],
-                              params["hidden_window"])
+                              params["hidden_window"], normalize=bool(params["normalize"]))
             net.load_state_dict(state["nets"][k])
             net.eval()
             model.nets_[k] = net
@@ -360,6 +452,9 @@ class CrossModelCNN:
         check_choice(self.solver, "solver", SOLVERS)
         check_choice(self.loss, "loss", LOSSES)
         check_choice(self.activation, "activation", ACTIVATIONS)
+        check_choice(self.space, "space", SPACES)
+        if not (np.isscalar(self.scale) and math.isfinite(self.scale) and self.scale > 0):
+            raise InputError(f"scale must be a finite number > 0, got {self.scale!r}")
         if not (isinstance(self.dim, (int, np.integer)) and self.dim >= 1):
             raise InputError(f"dim must be a positive integer, got {self.dim!r}")
         for name in ("alpha", "beta", "gamma"):
@@ -428,6 +523,12 @@ class CrossModelCNN:
         classes = np.unique(np.concatenate(list(arrays.values())))
         enc = {k: np.searchsorted(classes, y).astype(np.int64) for k, y in arrays.items()}
         return enc, classes
+
+
+def clear_fitted(estimator) -> None:
+    """Delete an estimator's fitted state (its public attributes ending in ``_``)."""
+    for name in [a for a in vars(estimator) if a.endswith("_") and not a.startswith("_")]:
+        delattr(estimator, name)
 
 
 @contextlib.contextmanager

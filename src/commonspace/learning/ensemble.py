@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from commonspace._validation import check_is_fitted, check_random_state
 from commonspace.exceptions import InputError
@@ -24,7 +25,7 @@ from commonspace.learning.crossmodel import CrossModelCNN, read_state
 FORMAT = "commonspace.CrossModelEnsemble/1"
 
 
-class CrossModelEnsemble:
+class CrossModelEnsemble(BaseEstimator):
     """Seed ensemble of :class:`CrossModelCNN` in one common space ``R^(n_estimators * dim)``.
 
     Parameters
@@ -41,17 +42,6 @@ class CrossModelEnsemble:
         self.n_estimators = n_estimators
         self.n_jobs = n_jobs
         self.random_state = random_state
-
-    def get_params(self, deep=True):
-        return {"estimator": self.estimator, "n_estimators": self.n_estimators,
-                "n_jobs": self.n_jobs, "random_state": self.random_state}
-
-    def set_params(self, **params):
-        for k, v in params.items():
-            if k not in self.get_params():
-                raise InputError(f"unknown parameter {k!r}")
-            setattr(self, k, v)
-        return self
 
     def fit(self, X: dict, labels: dict | None = None, relevance=None, callback=None):
         """Fit ``n_estimators`` members on the same data (arguments as

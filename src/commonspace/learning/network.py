@@ -6,7 +6,9 @@ Item ``i`` of length ``m_i`` has windows ``z_il`` (``l = 0 .. m_i - h``) of ``h`
 Optional ``hidden`` widths insert extra layers between the window convolution and the output
 (same activation) before the max-pool: 1x1 convolutions by default (per-window layers), or
 temporal convolutions of ``hidden_window`` instances (a deeper CNN whose receptive field, the
-``span``, is ``window + (hidden_window - 1) * len(hidden)`` instances).
+``span``, is ``window + (hidden_window - 1) * len(hidden)`` instances). With ``normalize`` the
+output is divided by its L2 norm: the common space is the unit sphere, where cosine similarity,
+the relevance distances and the cosine classifier all see directions only.
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ class SequenceCNN(nn.Module):
     """``(n, m, d)`` padded float32 + ``(n,)`` lengths -> ``(n, dim)`` common-space vectors."""
 
     def __init__(self, n_features: int, dim: int, window: int, activation: str = "relu",
-                 hidden: tuple = (), hidden_window: int = 1):
+                 hidden: tuple = (), hidden_window: int = 1, normalize: bool = False):
         super().__init__()
         self.window = int(window)
         self.activation = activation
+        self.normalize = bool(normalize)
         widths = [int(w) for w in hidden] + [int(dim)]
         layers = [nn.Conv1d(n_features, widths[0], kernel_size=self.window)]
         for a, b in zip(widths[:-1], widths[1:], strict=False):
@@ -51,7 +54,10 @@ class SequenceCNN(nn.Module):
         n_windows = lengths - self.span + 1
         valid = torch.arange(h.shape[2], device=h.device)[None, :] < n_windows[:, None]
         h = h.masked_fill(~valid[:, None, :], float("-inf"))
-        return h.max(dim=2).values
+        u = h.max(dim=2).values
+        if self.normalize:  # onto the unit sphere; an all-zero row stays zero (see fill_dead_rows)
+            u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return u
 
     def weight_norm2(self) -> torch.Tensor:
         """``sum ||W||^2`` over the layers' weights (biases are not penalised)."""

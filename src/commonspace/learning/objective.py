@@ -3,13 +3,21 @@
 All modalities' common-space vectors are stacked into one ``(N, r)`` matrix (``N = sum n_k``,
 modality blocks in fit order). The objective is
 
-    J = alpha * sum_{k<k'} (1 / sum R^{kk'}) sum_ij R^{kk'}_ij ||u_i^k - u_j^{k'}||^2
-      + beta  * sum_k mean_{i labelled} L(Theta^T u_i^k, y_i^k)
+Both data terms are means, so that ``alpha`` and ``beta`` mean the same for 2 or 6 modalities and
+for 100 or 100,000 items: the relevance term is the mean over the ``P = K (K - 1) / 2`` related
+modality pairs of the relevance-weighted mean squared distance, and the label term the mean over
+the ``K_l`` labelled modalities of the per-item mean loss:
+
+    J = alpha * (1 / P) sum_{k<k'} (1 / sum R^{kk'}) sum_ij R^{kk'}_ij ||u_i^k - u_j^{k'}||^2
+      + beta  * (1 / K_l) sum_k mean_{i labelled} L(Theta^T u_i^k, y_i^k)
       + gamma * (sum_k ||W^k||^2 + ||Theta||^2)
 
+(summing over pairs instead, as the first version did, made the relevance term of 6 modalities
+start 15x its 2-modality size and swamp the label term; the test on real data checks that the
+terms at initialisation stay within a small factor for K = 2..6).
+
 The relevance term equals ``alpha * tr(U^T Lap U)`` with ``Lap = D - A`` the Laplacian of the
-cross-modal graph (``A`` holds ``R^{kk'} / sum R^{kk'}`` in its off-diagonal blocks). The label
-loss is averaged per modality (so ``alpha`` and ``beta`` do not scale with ``n``). The equality
+cross-modal graph (``A`` holds ``R^{kk'} / (P sum R^{kk'})`` in its off-diagonal blocks). The equality
 constraints ``U^k = F^k`` enter the augmented Lagrangian with weight ``1 / n_k``:
 ``sum_k (1/n_k) (<Lambda^k, U^k - F^k> + rho/2 ||U^k - F^k||^2)``.
 """
@@ -42,7 +50,8 @@ class Problem:
         self.alpha, self.beta, self.loss = float(alpha), float(beta), loss
         self.C = int(n_classes)
         y = np.full(self.N, -1, dtype=np.int64)
-        self.label_weight = np.zeros(self.N)  # 1 / (labelled items of the modality), 0 if none
+        # 1 / (labelled items of the modality * labelled modalities), 0 if unlabelled
+        self.label_weight = np.zeros(self.N)
         self.penalty_weight = np.zeros(self.N)  # 1 / n_k
         for k in self.names:
             sl = self.slice(k)
@@ -53,14 +62,18 @@ class Problem:
                 n_lab = int((yk >= 0).sum())
                 if n_lab:
                     self.label_weight[sl] = (yk >= 0) / n_lab
+        n_labelled = sum(1 for k in self.names if self.label_weight[self.slice(k)].any())
+        self.label_weight /= max(n_labelled, 1)
+        self.modality_weight = 1.0 / max(n_labelled, 1)  # the 1 / K_l above
+        self.pair_weight = 1.0 / max(len(relevance), 1)  # the 1 / P above
         self.y = y
         self.labelled = y >= 0
         self.Y = np.zeros((self.N, max(self.C, 1)))
         self.Y[np.flatnonzero(self.labelled), y[self.labelled]] = 1.0
         self.degree = np.zeros(self.N)
         for (k, k2), rel in relevance.items():
-            self.degree[self.slice(k)] += rel.row_sums() / rel.total
-            self.degree[self.slice(k2)] += rel.col_sums() / rel.total
+            self.degree[self.slice(k)] += rel.row_sums() * self.pair_weight / rel.total
+            self.degree[self.slice(k2)] += rel.col_sums() * self.pair_weight / rel.total
 
     def slice(self, k):
         o = int(self.offsets[k])
@@ -72,12 +85,13 @@ class Problem:
         out = self.degree[:, None] * X
         for (k, k2), rel in self.relevance.items():
             a, b = self.slice(k), self.slice(k2)
-            out[a] -= rel.matmul(X[b]) / rel.total
-            out[b] -= rel.rmatmul(X[a]) / rel.total
+            w = self.pair_weight / rel.total
+            out[a] -= w * rel.matmul(X[b])
+            out[b] -= w * rel.rmatmul(X[a])
         return out
 
     def relevance_term(self, U):
-        """``alpha * sum_pairs sum_ij R_ij ||u_i - u_j||^2 / sum R``."""
+        """``alpha * mean_pairs sum_ij R_ij ||u_i - u_j||^2 / sum R``."""
         return self.alpha * float(np.sum(U * self.laplacian_matmul(U)))
 
     # ---- label term -----------------------------------------------------------------------
@@ -154,7 +168,8 @@ class Problem:
         for (k, k2), rel in self.relevance.items():
             a, b = names.index(k), names.index(k2)
             idx = np.arange(C)
-            H[a * C + idx, b * C + idx] = H[b * C + idx, a * C + idx] = 1.0 / rel.total
+            H[a * C + idx, b * C + idx] = H[b * C + idx, a * C + idx] = (self.pair_weight
+                                                                         / rel.total)
         G = 2 * self.alpha * H
         inv = 1.0 / diag  # (N, r)
         rows = np.flatnonzero(cls >= 0)
