@@ -13,6 +13,9 @@ EXAMPLES = """
       --factory IVF1024,Flat --out idx/
   # the output folder of `commonspace embed` (modality, id, source, label come with it)
   commonspace index --embeddings emb/ --out idx/
+  # a large sharded folder: IVF trained on a seeded sample of 100,000 rows, then the shards
+  # added one at a time (memory: one shard + the index)
+  commonspace index --embeddings emb/ --factory IVF4096,Flat --train-sample 100000 --out idx/
 """
 
 
@@ -39,6 +42,10 @@ def register(subparsers):
                    help="keep raw inner products instead of cosine similarity")
     p.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
     p.add_argument("--ef-search", type=int, default=64, help="HNSW search depth")
+    p.add_argument("--train-sample", type=int, default=100_000,
+                   help="embed folders: rows (per modality) of the seeded sample an IVF/PQ index "
+                   "is trained on before the shards are added one by one")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training sample")
     p.add_argument("--query-model", default=None,
                    help="encoder that embeds text/image queries into this space "
                         "(only when the indexed vectors are that encoder's embeddings)")
@@ -51,6 +58,7 @@ def run(args) -> int:
     from commonspace.exceptions import InputError
     from commonspace.index import EmbeddingIndex, QueryEmbedder
     from commonspace.index.sources import read_column_file, read_embedding_source, split_spec
+    from commonspace.pipeline.index_shards import add_embed_dir
 
     extra = {}
     for option, values in (("labels", args.labels), ("sources", args.sources), ("ids", args.ids)):
@@ -65,6 +73,10 @@ def run(args) -> int:
                                  "query_model": args.query_model})
     for spec in args.embeddings:
         name, path = split_spec(spec, "--embeddings")
+        if Path(path).is_dir():  # an embed folder: shard by shard, bounded memory
+            add_embed_dir(index, path, name, train_sample=args.train_sample, seed=args.seed,
+                          extra=extra)
+            continue
         for modality, emb, meta in read_embedding_source(path, name):
             meta.update(extra.get(modality, {}))
             index.add(modality, emb, ids=meta.get("ids"), sources=meta.get("sources"),

@@ -93,6 +93,7 @@ class EmbeddingIndex:
         self.dims_: dict[str, int] = {}
         self.metadata: dict[str, list] = {"id": [], "modality": [], "source": [], "label": []}
         self.query_embedder = None
+        self._trained_empty: set[str] = set()  # modalities trained by train(), without rows
 
     # ------------------------------------------------------------------ building
     @property
@@ -143,7 +144,10 @@ class EmbeddingIndex:
                         f"cannot train a {self.factory!r} index on {n} vectors of {modality!r}: "
                         f"{_faiss_message(exc)}; use a smaller configuration or 'Flat'") from exc
         # Global rows must stay contiguous per modality: rebuild the order when appending.
-        if modality in self.indexes_ and self.metadata["modality"][-1:] != [modality]:
+        if modality in self._trained_empty:  # trained by train(), no rows yet: its rows
+            self._trained_empty.discard(modality)  # come after every row added so far
+            self.indexes_[modality] = self.indexes_.pop(modality)
+        elif modality in self.indexes_ and self.metadata["modality"][-1:] != [modality]:
             raise InputError(f"add all rows of {modality!r} before adding another modality")
         index.add(x)
         self.indexes_[modality] = index
@@ -152,6 +156,34 @@ class EmbeddingIndex:
         self.metadata["modality"] += [modality] * n
         self.metadata["source"] += [None if s is None else str(s) for s in sources]
         self.metadata["label"] += labels
+        return self
+
+    def train(self, modality: str, sample):
+        """Create ``modality``'s index and train it on ``sample`` ``(m, d)`` (e.g. a seeded
+        sample of a collection too large to hold), so that later :meth:`add` calls only add
+        (shard by shard). A no-op training for indexes that need none (Flat). Returns self."""
+        faiss = import_faiss()
+
+        if modality in self.indexes_:
+            raise InputError(f"modality {modality!r} already has an index; train it first")
+        x = check_matrix(sample, f"training sample of {modality!r}")
+        x = self._prepare(x, f"training sample of {modality!r}")
+        try:
+            index = faiss.index_factory(x.shape[1], self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            raise InputError(f"invalid FAISS factory string {self.factory!r}: "
+                             f"{_faiss_message(exc)}") from exc
+        if not index.is_trained:
+            try:
+                index.train(x)
+            except RuntimeError as exc:
+                raise InputError(
+                    f"cannot train a {self.factory!r} index on {len(x)} vectors of "
+                    f"{modality!r}: {_faiss_message(exc)}; use a smaller configuration or "
+                    "'Flat'") from exc
+        self.indexes_[modality] = index
+        self.dims_[modality] = x.shape[1]
+        self._trained_empty.add(modality)
         return self
 
     def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
