@@ -9,7 +9,7 @@
   1 - delta for each pair (Hoeffding).
 
 Maps act on torch tensors (any device); random matrices are drawn with NumPy on the CPU.
-Imports: numpy, scipy, torch, commonspace.exceptions.
+Imports: numpy, scipy, torch, commonspace.exceptions, commonspace.normalize.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from commonspace.exceptions import InputError
+from commonspace.normalize import l2_normalize
 
 KERNELS = ("cosine", "linear", "rbf")
 
@@ -59,11 +60,9 @@ def fourier_features(X, W):
 
 
 def cosine_features(X, name: str = "X"):
-    """Rows of ``X`` scaled to unit L2 norm; :class:`InputError` for an all-zero row."""
-    norms = X.norm(dim=1, keepdim=True)
-    if X.shape[0] and not bool((norms > 0).all()):
-        raise InputError(f"{name} has all-zero rows; the cosine kernel is undefined for them")
-    return X / norms
+    """The cosine kernel's feature map: rows of ``X`` scaled to unit L2 norm
+    (:func:`commonspace.normalize.l2_normalize`); :class:`InputError` for an all-zero row."""
+    return l2_normalize(X, zero_rows="raise", name=name)
 
 
 def gaussian_kernel(X, Y, bandwidth: float) -> np.ndarray:

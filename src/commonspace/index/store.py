@@ -29,6 +29,7 @@ import numpy as np
 from commonspace._validation import check_matrix
 from commonspace.exceptions import InputError, MissingFileError
 from commonspace.io import atomic_path, save_json
+from commonspace.normalize import l2_normalize
 
 FORMAT = "commonspace-index"
 FORMAT_VERSION = 1
@@ -189,11 +190,8 @@ class EmbeddingIndex:
     def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
         if not self.normalize:
             return x
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        if (norms == 0).any():
-            raise InputError(f"{name} has {int((norms == 0).sum())} zero vector(s); "
-                             "cosine similarity is undefined for them")
-        return np.ascontiguousarray(x / norms, dtype=np.float32)
+        return np.ascontiguousarray(l2_normalize(x, zero_rows="raise", name=name),
+                                    dtype=np.float32)
 
     def _offsets(self) -> dict[str, int]:
         out, seen = {}, 0

@@ -6,6 +6,7 @@ import numpy as np
 
 from commonspace._validation import check_matrix, check_random_state
 from commonspace.exceptions import InputError
+from commonspace.normalize import l2_normalize
 
 
 def check_labels(y, n_rows: int, name: str = "y", rows_name: str = "X") -> np.ndarray:
@@ -28,10 +29,8 @@ def check_xy(X, y, x_name: str = "X_train", y_name: str = "y_train", n_columns=N
     return X, check_labels(y, len(X), y_name, x_name)
 
 
-def l2_rows(X: np.ndarray) -> np.ndarray:
-    """Row-normalised copy; all-zero rows stay zero."""
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.where(norms == 0, 1, norms)
+# The old name of commonspace.normalize.l2_normalize (all-zero rows stay zero), kept for callers.
+l2_rows = l2_normalize
 
 
 def sklearn_seed(random_state) -> int:

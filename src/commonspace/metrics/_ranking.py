@@ -13,19 +13,11 @@ import numpy as np
 
 from commonspace._validation import check_matrix
 from commonspace.exceptions import InputError
+from commonspace.normalize import l2_normalize
 
 # Elements of the (chunk, n_gallery) score block processed at once: about 2M, i.e. ~40 MB of
 # temporaries (float32 scores, int64 keys, cumulative counts) whatever the problem size.
 DEFAULT_BLOCK_ELEMENTS = 1 << 21
-
-
-def l2_normalize(x: np.ndarray, name: str) -> np.ndarray:
-    """Row-normalise a float32 matrix; a zero row has no cosine similarity and is an error."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if (norms == 0).any():
-        bad = int((norms == 0).sum())
-        raise InputError(f"{name} has {bad} all-zero rows; cosine similarity is undefined for them")
-    return x / norms
 
 
 def check_embeddings(queries, gallery):
@@ -34,7 +26,8 @@ def check_embeddings(queries, gallery):
     g = check_matrix(gallery, "gallery", n_columns=q.shape[1])
     if g.shape[0] >= 2**31:
         raise InputError("gallery has more than 2**31 rows; split it")
-    return l2_normalize(q, "queries"), l2_normalize(g, "gallery")
+    return (l2_normalize(q, zero_rows="raise", name="queries"),
+            l2_normalize(g, zero_rows="raise", name="gallery"))
 
 
 def chunk_size(n_gallery: int, batch_size: int | None) -> int:

@@ -7,7 +7,7 @@ import numpy as np
 from commonspace._validation import check_matrix, check_random_state
 from commonspace.exceptions import InputError
 from commonspace.io import save_figure
-from commonspace.metrics._ranking import l2_normalize
+from commonspace.normalize import l2_normalize
 
 
 def _sample(n: int, max_items: int | None, rng) -> np.ndarray:
@@ -34,8 +34,8 @@ def similarity_distributions(
     most ``max_items`` rows per modality) plus ``"matched image-text"`` when ``paired`` (row i of
     both is one pair; the same sampled rows are used for both modalities).
     """
-    img = l2_normalize(check_matrix(image_embeddings, "image_embeddings"), "image_embeddings")
-    txt = l2_normalize(
+    img = _unit_rows(check_matrix(image_embeddings, "image_embeddings"), "image_embeddings")
+    txt = _unit_rows(
         check_matrix(text_embeddings, "text_embeddings", n_columns=img.shape[1]), "text_embeddings"
     )
     if paired and len(img) != len(txt):
@@ -77,8 +77,8 @@ def similarity_stats(
         max_items=max_items,
         random_state=random_state,
     )
-    img = l2_normalize(check_matrix(image_embeddings, "image_embeddings"), "image_embeddings")
-    txt = l2_normalize(check_matrix(text_embeddings, "text_embeddings"), "text_embeddings")
+    img = _unit_rows(check_matrix(image_embeddings, "image_embeddings"), "image_embeddings")
+    txt = _unit_rows(check_matrix(text_embeddings, "text_embeddings"), "text_embeddings")
     stats = {f"mean {name}": float(v.mean()) for name, v in dists.items()}
     stats["gap"] = float(
         np.linalg.norm(img.mean(axis=0, dtype=np.float64) - txt.mean(axis=0, dtype=np.float64))
@@ -138,3 +138,8 @@ def plot_similarity_histograms(
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     return stats
+
+
+def _unit_rows(x, name):
+    """Cosine similarities are undefined for an all-zero row: an error naming ``name``."""
+    return l2_normalize(x, zero_rows="raise", name=name)
