@@ -13,6 +13,7 @@ import numpy as np
 
 from commonspace.exceptions import InputError, MissingFileError
 from commonspace.io import load_embeddings
+from commonspace.shards_io import load_embedding_dir
 
 
 def split_spec(spec: str, option: str) -> tuple[str | None, str]:
@@ -72,11 +73,6 @@ def _parquet_metadata(path: Path) -> dict:
 
 
 def _read_embed_dir(path: Path, modality: str | None):
-    try:
-        from commonspace.pipeline.shards import load_embedding_dir
-    except ImportError as exc:  # the embedding pipeline is not installed
-        raise InputError(f"{path} is a folder, but reading `commonspace embed` output "
-                         f"needs commonspace.pipeline.shards: {exc}") from exc
     emb, meta = load_embedding_dir(path)
     emb = np.asarray(emb)
     n = len(emb)
