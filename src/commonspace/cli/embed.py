@@ -22,6 +22,11 @@ EXAMPLES = """
   commonspace embed --audio fsdd/recordings --label-regex '^(\\d+)_' --out emb/fsdd
 
   # rerun the same command after a crash or Ctrl-C: finished shards are reused
+
+  # on Ray Data: 4 GPU actors on the cluster at RAY_ADDRESS (or --ray-address; default: a
+  # local instance); same output files, resumable by either engine (docs/scale.md)
+  commonspace embed --model openclip:ViT-B-32/openai --images photos/ --out emb/clip \
+      --engine ray --workers 4 --gpus-per-worker 1
 """
 
 
@@ -60,9 +65,37 @@ def register(subparsers):
     p.add_argument("--no-normalize", action="store_true", help="keep raw (not L2-normalised) embeddings")
     p.add_argument("--label-regex", default=None,
                    help="for --audio: regex on the file name whose first group is the label")
-    p.add_argument("--distributor", default="sequential", choices=["sequential", "ray"],
-                   help="run shards in this process or as Ray tasks")
+    add_engine_arguments(p)
+    p.add_argument("--distributor", default=None, choices=["sequential", "ray"],
+                   help="deprecated alias of --engine (sequential = local)")
     p.set_defaults(func=run)
+
+
+def add_engine_arguments(p):
+    """--engine, --workers, --cpus-per-worker, --gpus-per-worker, --ray-address."""
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: a Ray Data pipeline (pip install "
+                   "'commonspace[ray]'), see docs/scale.md")
+    p.add_argument("--workers", type=int, default=1, help="--engine ray: actors (model copies)")
+    p.add_argument("--cpus-per-worker", type=float, default=1, help="--engine ray: CPUs per actor")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="--engine ray: GPUs per actor")
+    p.add_argument("--ray-address", default=None,
+                   help="--engine ray: cluster address (default: $RAY_ADDRESS, else start a "
+                   "local instance)")
+
+
+def engine_options(args) -> dict:
+    """The library's engine keywords from the parsed arguments (--distributor mapped, with a
+    warning that says so)."""
+    import logging
+
+    engine = args.engine
+    if getattr(args, "distributor", None):
+        engine = "ray" if args.distributor == "ray" else "local"
+        logging.getLogger("commonspace.cli").warning(
+            "--distributor is deprecated; it is an alias of --engine: use --engine %s", engine)
+    return {"engine": engine, "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+            "gpus_per_worker": args.gpus_per_worker, "ray_address": args.ray_address}
 
 
 def run(args) -> int:
@@ -90,7 +123,7 @@ def run(args) -> int:
         items, model, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
         format=args.format, device=args.device, precision=args.precision,
         num_workers=args.num_workers, on_error=args.on_error, normalize=not args.no_normalize,
-        modalities=args.modalities, distributor=args.distributor,
+        modalities=args.modalities, **engine_options(args),
         show_progress_bar=not getattr(args, "quiet", False),
     )
     print(

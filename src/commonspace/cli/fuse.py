@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from commonspace.cli._common import add_command
+from commonspace.cli.embed import add_engine_arguments, engine_options
 from commonspace.exceptions import InputError
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,10 @@ EXAMPLES = """
   commonspace fuse --cross txt_clip.npy --modality text --method paper --float16 --out t.npy
   # plain fusion of two embeddings of one modality (no cross-modal model; Algorithm 1)
   commonspace fuse --expert clip.npy --expert dino.npy --n-components 2048 --out fused.npy
+  # sharded inputs (`commonspace embed` folders) on Ray Data, 2 workers, sharded output folder;
+  # bit-identical to --engine local for the same seed (docs/scale.md)
+  commonspace fuse --cross emb/clip_img --expert emb/dino_img --modality image \
+      --engine ray --workers 2 --out fused_img/
 """
 
 _FUSER_OPTIONS = ("method", "n_components", "C", "kernel", "projection", "bandwidth",
@@ -38,15 +43,19 @@ def register(subparsers):
         "(.npy or .parquet) is written atomically. See docs/fusion.md for the output layout.",
         examples=EXAMPLES)
     p.add_argument("--cross", nargs="+", metavar="FILE",
-                   help="cross-modal embeddings (e.g. CLIP), one file or several shards")
+                   help="cross-modal embeddings (e.g. CLIP): one file, several shards, or a "
+                   "`commonspace embed` output folder")
     p.add_argument("--expert", action="append", default=[], metavar="FILE",
-                   help="an expert embedding of this modality (repeat for several experts)")
+                   help="an expert embedding of this modality, a file or an embed folder "
+                   "(repeat for several experts)")
     p.add_argument("--modality", help="modality of the rows (e.g. image, text); required "
                    "with --cross")
     p.add_argument("--expert-dim", action="append", default=[], metavar="MODALITY=DIM",
                    help="an expert of another modality the fuser must make room for "
                    "(repeatable), e.g. text=384")
-    p.add_argument("--out", required=True, help="output file (.npy or .parquet)")
+    p.add_argument("--out", required=True,
+                   help="output file (.npy or .parquet, in row order) or folder (shards, "
+                   "manifest.json, metadata.parquet: the layout of `commonspace embed`)")
     p.add_argument("--fuser", help="fuser file (.npz): reused if it exists, else fitted and "
                    "saved there (default: OUT.fuser.npz beside the output)")
     p.add_argument("--method", default=argparse.SUPPRESS,
@@ -71,6 +80,7 @@ def register(subparsers):
     p.add_argument("--float16", action="store_true", help="write float16 output")
     p.add_argument("--batch-size", type=int, default=8192, help="rows per chunk")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -88,19 +98,27 @@ def run(args) -> int:
     import numpy as np
 
     from commonspace.fusion import KrossFuse
-    from commonspace.fusion.streaming import RowSource, transform_to_npy
-    from commonspace.io import save_embeddings
+    from commonspace.fusion.streaming import RowSource
+    from commonspace.pipeline.fuse import fuse_embeddings, resolve_source
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".parquet"):
-        raise InputError(f"--out must end in .npy or .parquet, got {out}")
     if not args.cross and not args.expert:
         raise InputError("nothing to fuse: give --cross and/or --expert files")
     if args.cross and not args.modality:
         raise InputError("--modality is required with --cross (e.g. --modality image)")
-    cross = RowSource([Path(p) for p in args.cross], "--cross") if args.cross else None
-    experts = [RowSource(Path(p), f"--expert {p}") for p in args.expert]
-    fuser_path = Path(args.fuser) if args.fuser else out.with_name(out.stem + ".fuser.npz")
+    options = engine_options(args)
+    if options["engine"] == "ray":
+        from commonspace.pipeline.ray_engine import require_ray
+
+        require_ray()
+    cross_files = resolve_source(args.cross)[0] if args.cross else None
+    expert_files = [resolve_source(p)[0] for p in args.expert]
+    cross = RowSource(cross_files, "--cross") if args.cross else None
+    experts = [RowSource(f, f"--expert {p}") for f, p in zip(expert_files, args.expert,
+                                                                strict=True)]
+    default_fuser = (out / "fuser.npz" if out.suffix.lower() not in (".npy", ".parquet")
+                     else out.with_name(out.stem + ".fuser.npz"))
+    fuser_path = Path(args.fuser) if args.fuser else default_fuser
 
     if args.fuser and fuser_path.exists():
         given = [f"--{o.replace('_', '-')}" for o in _FUSER_OPTIONS if hasattr(args, o)]
@@ -136,24 +154,18 @@ def run(args) -> int:
             samples = dict(cross=cross.read(0, 2000),
                            experts={args.modality: [e.read(0, 2000) for e in experts]})
         fuser.fit(**samples)
+        fuser_path.parent.mkdir(parents=True, exist_ok=True)
         fuser.save(fuser_path)
         log.info("fitted and saved fuser %s (%s features per row)", fuser_path,
                  fuser.n_features_out_)
 
-    expert_arg = [e.shards if len(e.shards) > 1 else e.shards[0] for e in experts]
-    expert_value = expert_arg if len(expert_arg) > 1 else (expert_arg[0] if expert_arg else None)
-    cross_value = None if cross is None else (
-        cross.shards[0] if len(cross.shards) == 1 else [Path(p) for p in args.cross])
-    dtype = "float16" if args.float16 else "float32"
-    if out.suffix.lower() == ".npy":
-        transform_to_npy(fuser, out, modality=args.modality, cross=cross_value,
-                         expert=expert_value, batch_size=args.batch_size, dtype=dtype,
-                         progress=not (args.no_progress or args.quiet))
-    else:
-        cross_all = None if cross is None else cross.read(0, cross.n_rows)
-        ex = [e.read(0, e.n_rows) for e in experts]
-        z = fuser.transform(args.modality, cross_all, ex if len(ex) > 1 else
-                            (ex[0] if ex else None), batch_size=args.batch_size)
-        save_embeddings(out, z.astype(dtype))
+    several = len(experts) > 1
+    result = fuse_embeddings(
+        fuser, out, modality=args.modality, cross=cross_files,
+        expert=expert_files if several else (expert_files[0] if expert_files else None),
+        batch_size=args.batch_size, dtype="float16" if args.float16 else "float32",
+        fuser_path=fuser_path, show_progress_bar=not (args.no_progress or args.quiet),
+        **options)
+    log.info("%d rows x %d features", result["n_rows"], result["n_features"])
     log.info("wrote %s", out)
     return 0

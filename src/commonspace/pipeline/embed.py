@@ -5,8 +5,10 @@ The inputs (a list of :class:`~commonspace.pipeline.readers.Item`) are cut into 
 fingerprint + preprocessing), the normalisation, and the content of its inputs (SHA-256 of each
 file's bytes or text, with ids and labels). A rerun reuses a finished shard only when its key
 is unchanged, so an interrupted run resumes where it stopped, and a changed model or input
-never serves stale embeddings. Shards are independent tasks, so the same code runs in one
-process or, with ``distributor="ray"``, as Ray tasks (the clip-retrieval pattern).
+never serves stale embeddings. Shards are independent units of work, so the same run goes in
+one process (``engine="local"``) or on a Ray cluster (``engine="ray"``: a Ray Data pipeline with
+the model loaded once per actor, see :mod:`commonspace.pipeline.ray_engine`); both engines
+write the same files, so either resumes the other's run.
 
 Bad inputs (missing or unreadable file, empty text) raise a clear error, or with
 ``on_error="skip"`` are logged and listed in the manifest's ``skipped``; the metadata has one
@@ -38,7 +40,7 @@ from commonspace.pipeline.readers import (
 logger = logging.getLogger(__name__)
 
 FORMATS = ("npy", "parquet")
-DISTRIBUTORS = (None, "sequential", "ray")
+DISTRIBUTORS = (None, "sequential", "ray")  # the old name of ``engine``: sequential = local
 MANIFEST_VERSION = 1
 
 
@@ -59,7 +61,10 @@ def read_inputs(path, label_regex: str | None = None) -> list[Item]:
 def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: int = 10_000,
                   format: str = "npy", device=None, precision: str = "auto",
                   num_workers: int = 0, on_error: str = "raise", normalize: bool = True,
-                  modalities=None, distributor=None, show_progress_bar: bool = True) -> dict:
+                  modalities=None, engine: str = "local", workers: int = 1,
+                  cpus_per_worker: float = 1, gpus_per_worker: float = 0,
+                  ray_address: str | None = None, distributor=None,
+                  show_progress_bar: bool = True) -> dict:
     """Embed ``items`` with ``model`` into ``out_dir``; resume or reuse finished shards.
 
     Parameters
@@ -74,7 +79,11 @@ def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: in
     on_error : ``raise`` or ``skip`` (log and record bad inputs in the manifest).
     normalize : L2-normalise embeddings.
     modalities : the modalities to embed (default: all that both the inputs and the model have).
-    distributor : ``None``/``"sequential"`` or ``"ray"`` (shards as Ray tasks).
+    engine : ``local`` (this process) or ``ray`` (Ray Data: decoding in CPU tasks, the model
+        in ``workers`` actors of ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each, on
+        the cluster at ``ray_address`` or ``RAY_ADDRESS``, else a local instance). With
+        ``ray`` the model must be a model string: each actor loads it once.
+    distributor : deprecated alias of ``engine`` (``"sequential"`` = ``"local"``).
 
     Returns
     -------
@@ -84,6 +93,21 @@ def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: in
     check_choice(format, "format", FORMATS)
     check_choice(on_error, "on_error", ("raise", "skip"))
     check_choice(distributor, "distributor", DISTRIBUTORS)
+    if distributor is not None:
+        import warnings
+
+        warnings.warn("distributor= is deprecated; use engine='local' or engine='ray'",
+                      DeprecationWarning, stacklevel=2)
+        engine = "ray" if distributor == "ray" else "local"
+    from commonspace.pipeline.ray_engine import ENGINES, check_resources, require_ray
+
+    check_choice(engine, "engine", ENGINES)
+    if engine == "ray":
+        require_ray()
+        check_resources(workers, cpus_per_worker, gpus_per_worker)
+        if not isinstance(model, str):
+            raise InputError("engine='ray' takes a model string (each actor loads the model "
+                             "once); got an encoder object")
     if not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise InputError(f"shard_size must be a positive integer, got {shard_size!r}")
     if not isinstance(items, list):
@@ -94,7 +118,15 @@ def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: in
     if isinstance(model, str):
         from commonspace.encoders import load_encoder
 
-        encoder = load_encoder(model, device=device, precision=precision)
+        if engine == "ray":
+            # The driver's copy (on the CPU) only gives the cache key and the manifest's
+            # description; each actor loads its own, on its device, with the same precision.
+            device = device or ("cuda" if gpus_per_worker else "cpu")
+            if precision == "auto":
+                precision = "fp32" if device == "cpu" else "fp16"
+            encoder = load_encoder(model, device="cpu", precision=precision)
+        else:
+            encoder = load_encoder(model, device=device, precision=precision)
     items = _select_modalities(items, encoder, modalities)
     kind = "sequences" if "audio" in encoder.modalities else "vectors"
     if kind == "sequences" and format != "npy":
@@ -133,14 +165,18 @@ def embed_dataset(items, model, out_dir, *, batch_size: int = 64, shard_size: in
         for name in ("manifest.json", "metadata.parquet"):
             (out_dir / name).unlink(missing_ok=True)
     options = {"batch_size": batch_size, "num_workers": num_workers, "on_error": on_error,
-               "normalize": normalize, "format": format}
+               "normalize": normalize, "format": format, "dim": encoder.dim,
+               "sequences": kind == "sequences"}
     jobs = [
         (spec, items[spec["start"]:spec["stop"]], hashes[spec["start"]:spec["stop"]],
          {i - spec["start"]: r for i, r in problems.items() if spec["start"] <= i < spec["stop"]})
         for spec in pending
     ]
-    if distributor == "ray":
-        _run_ray(encoder, out_dir, jobs, options, show_progress_bar)
+    if engine == "ray" and jobs:
+        _run_ray(model, device, precision, encoder_key, out_dir, jobs, options,
+                 {"workers": workers, "cpus_per_worker": cpus_per_worker,
+                  "gpus_per_worker": gpus_per_worker, "address": ray_address},
+                 show_progress_bar)
     else:
         _run_sequential(encoder, out_dir, jobs, options, show_progress_bar)
 
@@ -289,23 +325,66 @@ def _run_sequential(encoder, out_dir, jobs, options, show_progress_bar):
             bar.update(_run_one(encoder, out_dir, job, options))
 
 
-def _run_ray(encoder, out_dir, jobs, options, show_progress_bar):
-    try:
-        import ray
-    except ImportError as exc:
-        raise InputError("distributor='ray' needs ray: pip install 'ray>=2.9'") from exc
+def _run_ray(model, device, precision, encoder_key, out_dir, jobs, options, resources,
+             show_progress_bar):
+    """Pending shards through the Ray Data pipeline; each shard written once all its rows are
+    back (the same marker and files as :func:`_run_one`)."""
     from tqdm.auto import tqdm
 
-    if not ray.is_initialized():
-        ray.init()
-    encoder_ref = ray.put(encoder)
-    task = ray.remote(_run_one)
-    futures = [task.remote(encoder_ref, str(out_dir), job, options) for job in jobs]
-    total = sum(len(job[1]) for job in jobs)
-    with tqdm(total=total, unit="item", desc="embedding (ray)", disable=not show_progress_bar) as bar:
-        while futures:
-            done, futures = ray.wait(futures, num_returns=1)
-            bar.update(ray.get(done[0]))
+    from commonspace.pipeline.ray_engine import embed_rows_on_ray
+
+    rows, by_shard = [], {}
+    for job in jobs:
+        spec, items, _, problems = job
+        by_shard[spec["index"]] = {"job": job, "got": {}}
+        rows.extend({"shard": spec["index"], "pos": j, "modality": it.modality,
+                     "payload": it.payload, "problem": problems.get(j, "")}
+                    for j, it in enumerate(items))
+    total = len(rows)
+    stream = embed_rows_on_ray(
+        rows, model=model, device=device, precision=precision, expected_key=encoder_key,
+        normalize=options["normalize"], batch_size=options["batch_size"],
+        show_progress_bar=show_progress_bar, **resources)
+    with tqdm(total=total, unit="item", desc="embedding (ray)",
+              disable=not show_progress_bar) as bar:
+        for shard, pos, data, n_frames, problem in stream:
+            state = by_shard.get(shard)
+            if state is None or pos in state["got"]:
+                raise RuntimeError(f"row {pos} of shard {shard} came back twice from Ray")
+            spec, items, hashes, _ = state["job"]
+            if problem and options["on_error"] == "raise":
+                raise _problem_error(items[pos], problem)
+            state["got"][pos] = (data, n_frames, problem)
+            bar.update(1)
+            if len(state["got"]) == len(items):
+                _write_ray_shard(out_dir, state, options)
+                del by_shard[shard]
+    if by_shard:
+        raise RuntimeError(f"Ray returned no rows for shards {sorted(by_shard)}")
+
+
+def _write_ray_shard(out_dir, state, options):
+    spec, items, hashes, _ = state["job"]
+    rows, parts, skipped, lengths = [], [], [], []
+    for j, item in enumerate(items):
+        data, n_frames, problem = state["got"][j]
+        if problem:
+            skipped.append({"id": item.id, "modality": item.modality, "source": item.source,
+                            "reason": problem})
+            logger.warning("skipped %s %r (%s): %s", item.modality, item.id, item.source,
+                           problem)
+            continue
+        rows.append({"id": item.id, "modality": item.modality, "source": item.source,
+                     "label": item.label, "source_sha256": hashes[j]})
+        vec = np.frombuffer(data, dtype=np.float32)
+        parts.append(vec.reshape(n_frames, -1))
+        lengths.append(n_frames)
+    sequences = options["sequences"]
+    emb = np.concatenate(parts) if parts else np.zeros((0, options["dim"]), dtype=np.float32)
+    marker = {"index": spec["index"], "key": spec["key"], "start": spec["start"],
+              "stop": spec["stop"], "n_rows": len(rows), "skipped": skipped}
+    shard_io.write_shard(out_dir, spec["index"], options["format"], emb, rows, marker,
+                         lengths if sequences else None)
 
 
 # ---- manifest --------------------------------------------------------------------------------
