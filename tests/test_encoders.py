@@ -248,3 +248,97 @@ def test_folder_of_unknown_kind(tmp_path):
     (tmp_path / "weights.bin").write_bytes(b"")
     with pytest.raises(ModelNotAvailableError, match="cannot tell which library"):
         load_encoder(str(tmp_path))
+
+
+# ---- one interface ---------------------------------------------------------------------------
+def fsdd_wav():
+    from commonspace.data import list_fsdd
+
+    return str(list_fsdd()[0]["path"])
+
+
+def test_every_encoder_has_every_method_and_a_missing_tower_is_one_line(dino_dir, minilm):
+    from commonspace.encoders import Encoder
+
+    dino = load_encoder(str(dino_dir[0]), device="cpu")
+    mfcc = load_encoder("mfcc")
+    assert all(isinstance(e, Encoder) for e in (dino, minilm, mfcc))
+    images, wav = cifar_images(1), [fsdd_wav()]
+    cases = [(dino.encode_texts, ["a cat"], "text"), (dino.encode_audio, wav, "audio"),
+             (minilm.encode_images, images, "image"), (minilm.encode_audio, wav, "audio"),
+             (mfcc.encode_texts, ["a cat"], "text"), (mfcc.encode_images, images, "image")]
+    for encode, inputs, modality in cases:
+        with pytest.raises(InputError) as err:
+            encode(inputs)
+        assert f"has no {modality} tower" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_mfcc_is_an_encoder_without_weights():
+    import hashlib
+
+    import librosa
+    import soundfile as sf
+
+    from commonspace.encoders.mfcc import MFCCFeatures
+
+    assert not {"fingerprint", "cache_key"} & set(MFCCFeatures.__dict__)  # the base's own
+    mfcc = load_encoder("mfcc")
+    params = {"features": "mfcc_sequence", "sr": 8000, "n_mfcc": 13}
+    assert mfcc.fingerprint == hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    keys = {mfcc.cache_key(), MFCCFeatures(sr=16000).cache_key(),
+            MFCCFeatures(n_mfcc=20).cache_key(), MFCCFeatures(trim_db=30).cache_key()}
+    assert len(keys) == 4 and MFCCFeatures().cache_key() == mfcc.cache_key()
+    wave, sr = sf.read(fsdd_wav(), dtype="float32")
+    (seq,) = mfcc.encode_audio([fsdd_wav()])
+    ref = librosa.feature.mfcc(y=wave, sr=8000, n_mfcc=13, n_fft=256, hop_length=80, n_mels=40).T
+    np.testing.assert_allclose(seq, ref, atol=1e-3)
+
+
+def test_query_embedder_calls_encode_audio_of_any_encoder(minilm):
+    from commonspace.index import QueryEmbedder
+
+    query = QueryEmbedder.from_encoder("st:all-MiniLM-L6-v2", kinds=("audio",))
+    query.use_encoder("st:all-MiniLM-L6-v2", minilm)
+    with pytest.raises(InputError, match="'st:all-MiniLM-L6-v2' has no audio tower"):
+        query.embed([fsdd_wav()], "audio")
+
+
+def test_openclip_precision_is_open_clips_own_mixed_precision(openclip_dir):
+    import open_clip
+
+    folder, _ = openclip_dir
+    enc = load_encoder(str(folder), device="cpu", precision="bf16")
+    assert enc.dtype == torch.bfloat16
+    # OpenAI-style: convolutions and linear layers in bf16, layer norms kept in float32.
+    assert enc.model.visual.conv1.weight.dtype == torch.bfloat16
+    assert enc.model.transformer.resblocks[0].mlp.c_fc.weight.dtype == torch.bfloat16
+    assert enc.model.visual.ln_post.weight.dtype == torch.float32
+    assert enc.model.ln_final.weight.dtype == torch.float32
+    # The same numbers as open_clip built in that precision and called directly.
+    ref_model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}",
+                                                                     precision="bf16")
+    ref_model.eval()
+    paths = cifar_images(2)
+    pixels = torch.stack([preprocess(Image.open(p)) for p in paths]).to(torch.bfloat16)
+    texts = ["a photo of a cat", "a ship at sea"]
+    with torch.no_grad():
+        ref_i = ref_model.encode_image(pixels).float().numpy()
+        ref_t = ref_model.encode_text(open_clip.get_tokenizer(f"local-dir:{folder}")(texts))
+    np.testing.assert_allclose(enc.encode_images(paths, normalize=False), ref_i, atol=1e-6)
+    np.testing.assert_allclose(enc.encode_texts(texts, normalize=False), ref_t.float().numpy(),
+                               atol=1e-6)
+    full = load_encoder(str(folder), device="cpu")
+    assert (enc.encode_images(paths) * full.encode_images(paths)).sum(axis=1).min() > 0.99
+    assert enc.cache_key() != full.cache_key()
+
+
+def test_shared_setup_hashes_the_saved_weights_before_casting(dino_dir):
+    folder, _ = dino_dir
+    full = load_encoder(f"hf:{folder}", device="cpu")
+    half = load_encoder(f"hf:{folder}", device="cpu", precision="bf16")
+    assert (half.device, half.dtype, full.dtype) == ("cpu", torch.bfloat16, torch.float32)
+    assert {p.dtype for p in half.model.parameters()} == {torch.bfloat16}
+    assert half.fingerprint == full.fingerprint  # the weights as saved, not as cast
+    assert half.cache_key() != full.cache_key()  # the dtype is part of the preprocessing
+    paths = cifar_images(2)
+    assert (half.encode_images(paths) * full.encode_images(paths)).sum(axis=1).min() > 0.98

@@ -1,9 +1,20 @@
-"""The one small interface every encoder adapter implements, and the shared batching code.
+"""The one interface every encoder implements, and the shared batching code.
 
-An :class:`Encoder` turns texts and/or images into ``(n, dim)`` float32 embeddings. Adapters
-(open_clip, transformers vision models, sentence-transformers) only provide the model call and
-the preprocessing that belongs to their model; batching, device placement, half precision,
-DataLoader workers for image decoding, progress bars and L2 normalisation live here.
+An :class:`Encoder` turns texts, images and/or audio into embeddings: ``encode_texts`` and
+``encode_images`` return ``(n, dim)`` float32; ``encode_audio`` returns ``(n, dim)`` float32
+for a vector encoder or, for a sequence encoder such as
+:class:`~commonspace.encoders.mfcc.MFCCFeatures`, one ``(frames, dim)`` float32 array per file.
+Every encoder has all three methods; the ones for a modality outside ``modalities`` raise
+:class:`~commonspace.exceptions.InputError` ("encoder 'st:...' has no image tower: ..."): the
+model is there, the request does not fit it, so it is the caller's input (exit code 2, HTTP
+400), not a :class:`~commonspace.exceptions.ModelNotAvailableError` (a model that cannot be
+loaded).
+
+Adapters (open_clip, transformers vision models, sentence-transformers) only provide the model
+call and the preprocessing that belongs to their model; the device and precision set-up
+(:meth:`Encoder._init_model`), the weights fingerprint and cache key, batching, DataLoader
+workers for image decoding, progress bars and L2 normalisation
+(:func:`commonspace.normalize.l2_normalize`, all-zero rows kept) live here.
 """
 
 from __future__ import annotations
@@ -16,6 +27,10 @@ import numpy as np
 
 from commonspace.encoders.images import ImageDataset, collate_images
 from commonspace.exceptions import InputError
+from commonspace.normalize import l2_normalize
+
+# How a modality is named in "cannot encode ..." messages.
+_PLURAL = {"image": "images", "text": "texts", "audio": "audio"}
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +57,23 @@ def resolve_device(device=None) -> str:
     return device
 
 
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}  # name -> torch dtype
+
+
+def resolve_precision(device: str, precision: str = "auto") -> str:
+    """``fp32``, ``fp16`` or ``bf16``: ``auto`` is fp16 on cuda/mps and fp32 on cpu."""
+    if precision == "auto":
+        return "fp32" if device == "cpu" else "fp16"
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
+    return precision
+
+
 def resolve_dtype(device: str, precision: str = "auto"):
     """torch dtype for the model: ``auto`` is float16 on cuda/mps and float32 on cpu."""
     import torch
 
-    if precision == "auto":
-        precision = "fp32" if device == "cpu" else "fp16"
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in table:
-        raise InputError(f"unknown precision {precision!r}; choose auto, fp32, fp16 or bf16")
-    return table[precision]
+    return getattr(torch, PRECISIONS[resolve_precision(device, precision)])
 
 
 def state_dict_fingerprint(module) -> str:
@@ -68,13 +90,6 @@ def state_dict_fingerprint(module) -> str:
     return h.hexdigest()
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm (zero rows stay zero); float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
 def check_texts(texts) -> list[str]:
     """A list of non-empty strings, or :class:`InputError` naming the first bad one."""
     if isinstance(texts, str):
@@ -89,12 +104,25 @@ def check_texts(texts) -> list[str]:
 
 
 class Encoder:
-    """Base class: maps texts and/or images to ``(n, dim)`` float32 embeddings.
+    """Base class: maps texts, images and/or audio to embeddings (see the module docstring).
 
-    Subclasses set ``name``, ``dim``, ``modalities`` and ``device``, and implement
-    ``_encode_text_batch`` (list of str -> torch tensor (b, dim)), and for images
-    ``image_transform`` (PIL RGB image -> float tensor (3, H, W), the model's own preprocessing)
-    and ``_encode_pixel_batch`` (float tensor (b, 3, H, W) -> tensor (b, dim)).
+    Subclasses set ``name``, ``dim`` and ``modalities``; an adapter of a torch model calls
+    :meth:`_init_model` in its constructor (``device``, ``dtype``, ``model``, the fingerprint).
+    They implement ``_module`` (the torch module whose weights are fingerprinted, or None for
+    an encoder without weights), ``preprocessing``, and per modality: texts
+    ``_encode_text_batch`` (list of str -> torch tensor (b, dim)); images ``image_transform``
+    (PIL RGB image -> float tensor (3, H, W), the model's own preprocessing) and
+    ``_encode_pixel_batch`` (float tensor (b, 3, H, W) -> tensor (b, dim)); audio
+    ``encode_audio`` itself. Any of the three ``encode_*`` methods may be overridden whole
+    (sentence-transformers batches texts itself).
+
+    Attributes
+    ----------
+    name : str, the model string recorded in manifests.
+    dim : int, embedding width.
+    modalities : tuple of ``"image"``, ``"text"``, ``"audio"``.
+    device : str, where the model runs (``cpu``, ``cuda``, ``cuda:N``, ``mps``).
+    dtype : torch dtype of the model's weights (torch adapters).
     """
 
     name: str = ""
@@ -106,11 +134,36 @@ class Encoder:
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, modalities={self.modalities})"
 
     # ---- description used for manifests and cache keys ------------------------------------
+    def _init_model(self, model, device=None, precision="auto", cast: bool = True):
+        """Shared set-up of a torch-model adapter; returns the model (also ``self.model``).
+
+        Sets ``device`` (:func:`resolve_device`) and ``dtype`` (:func:`resolve_dtype`), puts
+        the model in eval mode and, with ``cast``, moves it to the device and casts every
+        weight to ``dtype``, hashing the weights first when they are about to be cast (the
+        fingerprint is of the weights as loaded). ``cast=False``: the model was built on the
+        device in that precision already (open_clip's own mixed precision).
+        """
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(self.device, precision)
+        self.model = model.eval()
+        self._fingerprint = None
+        if cast:
+            self._hash_if_cast()
+            self.model.to(self.device, dtype=self.dtype)
+        return self.model
+
     @property
     def fingerprint(self) -> str:
-        """SHA-256 of the model weights (computed once)."""
+        """SHA-256 of the model weights (computed once); for an encoder without weights
+        (``_module()`` is None, e.g. MFCC) the SHA-256 of its ``preprocessing``, whose
+        parameters then stand in for the weights."""
         if getattr(self, "_fingerprint", None) is None:
-            self._fingerprint = state_dict_fingerprint(self._module())
+            module = self._module()
+            if module is None:
+                blob = json.dumps(self.preprocessing, sort_keys=True, default=str)
+                self._fingerprint = hashlib.sha256(blob.encode()).hexdigest()
+            else:
+                self._fingerprint = state_dict_fingerprint(module)
         return self._fingerprint
 
     @property
@@ -142,11 +195,20 @@ class Encoder:
             self.fingerprint  # noqa: B018
 
     def _require(self, modality: str):
+        """:class:`InputError` unless ``modality`` is one of this encoder's towers."""
         if modality not in self.modalities:
             raise InputError(
-                f"encoder {self.name!r} cannot encode {modality}s: it encodes only "
-                f"{', '.join(self.modalities)}"
+                f"encoder {self.name!r} has no {modality} tower: it cannot encode "
+                f"{_PLURAL.get(modality, modality)}, only {', '.join(self.modalities) or 'nothing'}"
             )
+
+    # ---- audio -----------------------------------------------------------------------------
+    def encode_audio(self, audio, **kwargs):
+        """Embed audio files (paths): ``(n, dim)`` float32, or for a sequence encoder one
+        ``(frames, dim)`` float32 array per file. :class:`InputError` for an encoder without
+        an audio tower."""
+        self._require("audio")
+        raise NotImplementedError(f"{type(self).__name__} lists audio but has no encode_audio")
 
     # ---- texts -----------------------------------------------------------------------------
     def encode_texts(self, texts, batch_size: int = 64, show_progress_bar: bool = False,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from commonspace._validation import check_choice
 from commonspace.encoders._compat import import_transformers
-from commonspace.encoders.base import Encoder, resolve_device, resolve_dtype
+from commonspace.encoders.base import Encoder
 from commonspace.exceptions import ModelNotAvailableError
 
 POOLINGS = ("cls", "mean", "cls_mean")
@@ -35,13 +35,8 @@ class HFVisionEncoder(Encoder):
         check_choice(pooling, "pooling", POOLINGS)
         self.name = name
         self.pooling = pooling
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, precision)
         self.processor = processor
-        self.model = model.eval()
-        self._fingerprint = None
-        self._hash_if_cast()
-        self.model.to(self.device, dtype=self.dtype)
+        self._init_model(model, device, precision)
         self.n_registers = int(getattr(model.config, "num_register_tokens", 0) or 0)
         hidden = getattr(model.config, "hidden_size", None)
         if not isinstance(hidden, int):

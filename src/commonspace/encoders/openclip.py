@@ -4,6 +4,14 @@ The model, its image transform and its tokenizer always come together from
 ``open_clip.create_model_and_transforms`` / ``get_tokenizer``, so a local checkpoint gets the
 preprocessing recorded in its own config (``open_clip_config.json``: ``model_cfg`` +
 ``preprocess_cfg``), never a default.
+
+Precision: :meth:`OpenCLIPEncoder.from_pretrained` passes ``device`` and ``precision`` through
+to ``create_model_and_transforms``, which builds the model on the device in OpenAI-style mixed
+precision for ``fp16`` / ``bf16``: convolutions, linear layers, attention and projections in
+half precision, layer norms computed in float32 (``LayerNormFp32``), token embeddings cast by
+the text tower. Its weights fingerprint is then of those half-precision weights (open_clip
+casts before it loads the checkpoint). A model built elsewhere and handed to the constructor
+is cast whole, as any other adapter's.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import os
 from pathlib import Path
 
 from commonspace.encoders._compat import import_open_clip
-from commonspace.encoders.base import Encoder, resolve_device, resolve_dtype
+from commonspace.encoders.base import Encoder, resolve_device, resolve_precision
 from commonspace.exceptions import InputError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
@@ -28,23 +36,23 @@ class OpenCLIPEncoder(Encoder):
     preprocess : the model's own PIL -> tensor (3, H, W) transform.
     tokenizer : the model's tokenizer (list of str -> int tensor).
     name : the name recorded in manifests.
-    device, precision : see :func:`resolve_device`, :func:`resolve_dtype`.
+    device, precision : see :func:`~commonspace.encoders.base.resolve_device`,
+        :func:`~commonspace.encoders.base.resolve_dtype`.
+    cast : move the model to ``device`` and cast all of it to the precision (a model built
+        elsewhere); ``False`` when it was built there in that precision already
+        (:meth:`from_pretrained`: open_clip's mixed precision).
     """
 
     modalities = ("image", "text")
 
-    def __init__(self, model, preprocess, tokenizer, name="openclip", device=None, precision="auto"):
+    def __init__(self, model, preprocess, tokenizer, name="openclip", device=None, precision="auto",
+                 cast: bool = True):
         import torch
 
         self.name = name
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, precision)
         self.preprocess = preprocess
         self.tokenizer = tokenizer
-        self.model = model.eval()
-        self._fingerprint = None
-        self._hash_if_cast()
-        self.model.to(self.device, dtype=self.dtype)
+        self._init_model(model, device, precision, cast=cast)
         size = _image_size(model)
         with torch.inference_mode():
             probe = self.model.encode_image(
@@ -58,6 +66,8 @@ class OpenCLIPEncoder(Encoder):
         directory holding ``open_clip_config.json`` and its weights."""
         open_clip = import_open_clip()
         name = f"openclip:{spec}"
+        device = resolve_device(device)
+        precision = resolve_precision(device, precision)  # open_clip's names: fp32, fp16, bf16
         if Path(spec).is_dir():
             config = Path(spec) / "open_clip_config.json"
             if not config.is_file():
@@ -82,12 +92,14 @@ class OpenCLIPEncoder(Encoder):
             model_name = arch
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, cache_dir=cache_dir
+                model_name, pretrained=pretrained, cache_dir=cache_dir, precision=precision,
+                device=device,
             )
         except Exception as exc:
             raise ModelNotAvailableError(_missing_message(open_clip, spec, pretrained, exc)) from exc
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
-        return cls(model, preprocess, tokenizer, name=name, device=device, precision=precision)
+        return cls(model, preprocess, tokenizer, name=name, device=device, precision=precision,
+                   cast=False)
 
     def _module(self):
         return self.model

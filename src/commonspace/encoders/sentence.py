@@ -15,13 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from commonspace.encoders._compat import import_sentence_transformers
-from commonspace.encoders.base import (
-    Encoder,
-    _check_batch_size,
-    check_texts,
-    resolve_device,
-    resolve_dtype,
-)
+from commonspace.encoders.base import Encoder, _check_batch_size, check_texts
 from commonspace.exceptions import InputError, ModelNotAvailableError
 
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
@@ -58,14 +52,7 @@ class SentenceTransformerEncoder(Encoder):
         if default_role not in ROLES:
             raise InputError(f"default_role must be one of {ROLES}, got {default_role!r}")
         self.name = name
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, precision)
-        self.model = model
-        self._fingerprint = None
-        self._hash_if_cast()
-        self.model.to(self.device)
-        if self.dtype != _float32():
-            self.model.to(dtype=self.dtype)
+        self._init_model(model, device, precision)
         self.prefixes = _resolve_prefixes(model, name, prefixes)
         self.default_role = default_role
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -129,12 +116,6 @@ class SentenceTransformerEncoder(Encoder):
             normalize_embeddings=normalize,
         )
         return np.asarray(emb, dtype=np.float32)
-
-
-def _float32():
-    import torch
-
-    return torch.float32
 
 
 def _resolve_prefixes(model, name, prefixes) -> dict:

@@ -38,6 +38,7 @@ import numpy as np
 
 from commonspace.exceptions import InputError, MissingFileError
 from commonspace.io import atomic_path, save_json
+from commonspace.normalize import l2_normalize
 
 KINDS = ("text", "image", "audio")
 OPS = ("encoder", "pixels", "flatten", "sequence", "transform", "normalize")
@@ -111,9 +112,11 @@ class QueryEmbedder:
         for step in steps:
             op = step.get("op")
             if op == "encoder":
+                # Every Encoder has the three methods; one without that tower raises InputError.
                 enc = self._encoder(step["model"])
-                x = enc.encode_texts(x) if kind == "text" else (
-                    enc.encode_images(x) if kind == "image" else _encode_audio(enc, x))
+                encode = {"text": enc.encode_texts, "image": enc.encode_images,
+                          "audio": enc.encode_audio}[kind]
+                x = encode(x)
             elif op == "pixels":
                 x = read_pixels(x, tuple(step.get("size", (8, 8))), float(step.get("scale", 16)))
             elif op == "flatten":
@@ -129,8 +132,7 @@ class QueryEmbedder:
                 fn = getattr(obj, method)
                 x = fn(x, modality=step["modality"]) if step.get("modality") else fn(x)
             elif op == "normalize":
-                x = _numpy(x)
-                x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+                x = l2_normalize(_numpy(x))  # all-zero rows stay zero
             else:
                 raise InputError(f"unknown query step {op!r}; known: {OPS}")
         return x
@@ -213,12 +215,6 @@ def read_pixels(paths, size=(8, 8), scale: float = 16.0) -> np.ndarray:
         except OSError as exc:
             raise InputError(f"cannot read image {p}: {exc}") from exc
     return out
-
-
-def _encode_audio(enc, paths):
-    if not hasattr(enc, "encode_audio"):
-        raise InputError(f"encoder {getattr(enc, 'name', enc)!r} cannot embed audio files")
-    return enc.encode_audio(paths)
 
 
 def _numpy(x) -> np.ndarray:
