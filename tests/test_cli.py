@@ -39,6 +39,7 @@ def test_every_command_has_help_with_an_example(name, capsys):
     build_parser()  # every module registers without importing heavy libraries
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line_with_meaningful_exit_codes(tmp_path):
     proc = run("search", "--index", tmp_path / "missing", "--vector", "1,2")
     assert proc.returncode == 3  # missing file

@@ -71,6 +71,7 @@ def clip(tmp_path_factory):
     return save_clip(tmp_path_factory.mktemp("clip"))
 
 
+@pytest.mark.slow
 def test_image_folder_run_matches_direct_encoding(dino, tmp_path):
     images = copy_cifar(tmp_path / "images", 4)
     manifest = embed_dataset(images, str(dino), tmp_path / "out", shard_size=5, batch_size=5,
@@ -140,6 +141,7 @@ def test_cache_never_serves_stale_embeddings(tmp_path):
     load_embedding_dir(out)
 
 
+@pytest.mark.slow
 def test_cli_killed_mid_run_then_resumed_equals_one_run(tmp_path):
     images = copy_cifar(tmp_path / "images", 40, classes=("airplane", "bird", "cat", "dog", "frog"))
     model = save_dino(tmp_path / "model")
@@ -210,6 +212,7 @@ def write_manifest(tmp_path, rows, kind):
     return path
 
 
+@pytest.mark.slow
 def test_manifest_missing_file_and_empty_caption(clip, tmp_path):
     images = copy_cifar(tmp_path / "data" / "img", 2)
     rows = [
@@ -249,6 +252,7 @@ def test_manifest_missing_file_and_empty_caption(clip, tmp_path):
         emb[~is_img], enc.encode_texts([rows[int(i)]["caption"] for i in ids[~is_img]]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_text_file_with_empty_line(clip, tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text("a photo of a dog\nthe sea at night\n\na red car\n")

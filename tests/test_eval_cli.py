@@ -53,6 +53,7 @@ def wiki_posteriors():
     return post, y, np.arange(n_train), np.arange(n_train, len(y))
 
 
+@pytest.mark.slow
 def test_eval_on_wikipedia_matches_the_library(tmp_path, wiki_posteriors):
     post, y, train, test = wiki_posteriors
     np.save(tmp_path / "img.npy", post["image"])
@@ -96,6 +97,7 @@ def test_eval_on_wikipedia_matches_the_library(tmp_path, wiki_posteriors):
     assert "| task / metric | sm |" in md and "| retrieval / image_to_text mAP | 0.278" in md
 
 
+@pytest.mark.slow
 def test_eval_coco_pairs_side_by_side(tmp_path):
     images, captions = load_coco_clip_pairs()
     # A second space: each modality centred on its own mean, which removes the modality gap.

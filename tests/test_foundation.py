@@ -97,6 +97,7 @@ def test_cli_lists_every_command():
         assert command in out
 
 
+@pytest.mark.slow
 def test_torchvision_transforms_import_after_commonspace():
     # A fresh interpreter: `import commonspace` must make torchvision (and open_clip) importable
     # even where torchvision's C extension does not match the installed torch.

@@ -59,6 +59,7 @@ def _gram(a, b=None):
     return (a @ b.T).numpy()
 
 
+@pytest.mark.slow
 def test_exact_reproduces_the_three_kernel_identities(coco):
     C = 0.7
     fuser = KrossFuse(cross_dim=512, expert_dims={"image": 12, "text": 8}, C=C,

@@ -222,6 +222,7 @@ def test_interrupted_cli_run_leaves_no_output(files, monkeypatch):
     assert not (files / "z.npy").exists() and _no_temp_files(files)
 
 
+@pytest.mark.slow
 def test_cli_killed_by_a_signal_leaves_no_output(tmp_path, coco):
     """A real `commonspace fuse` process interrupted (SIGINT) while it writes its output."""
     import signal

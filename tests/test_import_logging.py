@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = r"""
 import importlib, json, logging, pkgutil
 logging.basicConfig(level=logging.INFO)
@@ -27,6 +29,7 @@ print(json.dumps({"root": [root_before, (logging.root.level, len(logging.root.ha
 """
 
 
+@pytest.mark.slow
 def test_no_logger_level_changed_at_import():
     res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
                          timeout=300, check=True)

@@ -11,6 +11,9 @@ import pytest
 from commonspace.data import load_coco_clip_pairs
 from commonspace.io import save_parquet
 
+# Every test runs the command in fresh interpreters (each imports torch and faiss): seconds each.
+pytestmark = pytest.mark.slow
+
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 

@@ -53,6 +53,7 @@ def test_health_names_every_modality_and_query_kind(client):
     assert answer["query_kinds"] == ["vector", "text", "image", "audio"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", [None, "audio"])
 def test_text_hits_equal_commonspace_search_json(built, client, modality):
     query = "a handwritten seven"
@@ -70,6 +71,7 @@ def test_text_hits_equal_commonspace_search_json(built, client, modality):
         assert {h["modality"] for h in hits} == {modality}
 
 
+@pytest.mark.slow
 def test_vector_hits_equal_commonspace_search_json(built, client):
     vector = built["vectors"]["audio"][4].astype(np.float64)
     literal = ",".join(repr(float(v)) for v in vector)
@@ -265,6 +267,7 @@ def test_bind_warning_only_off_loopback():
     assert "0.0.0.0" in bind_warning("0.0.0.0") and "authentication" in bind_warning("0.0.0.0")
 
 
+@pytest.mark.slow
 def test_the_serve_command(built, tmp_path):
     code, _, err = cli("serve", "--index", tmp_path / "none")
     assert code == 3 and "no index at" in err and "Traceback" not in err
