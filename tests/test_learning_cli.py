@@ -32,7 +32,8 @@ def test_train_cli_writes_model_history_and_plot(tmp_path):
     assert len(history) == 3 and "objective" in history[0]
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model = CrossModelCNN.load(out / "model.pt")
-    assert model.transform(seqs, modality="a").shape == (n, 4)
+    assert model.embed(seqs, modality="a").shape == (n, 4)  # --dim 4 filters
+    assert model.transform(seqs, modality="a").shape == (n, C)  # the posterior space
     assert model.window_ == {"a": 2, "b": 1, "c": 2}
 
 
@@ -123,7 +124,8 @@ def test_train_cli_ensemble(tmp_path, capsys):
     assert [m["seed"] for m in summary["members"]] == model.seeds_ and len(model.seeds_) == 3
     history = json.loads((out / "history.json").read_text())
     assert [len(h) for h in history] == [2, 2, 2]
-    assert model.transform(np.load(tmp_path / "a.npy"), modality="a").shape == (n, 12)
+    # 3 members, each in its 2-class posterior space
+    assert model.transform(np.load(tmp_path / "a.npy"), modality="a").shape == (n, 6)
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*base, "--ensemble", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--ensemble must be >= 1" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 from commonspace.cli._common import add_command
+from commonspace.learning.defaults import DEFAULTS
 from commonspace.exceptions import InputError, MissingFileError
 
 EXAMPLES = """
@@ -31,6 +32,12 @@ EXAMPLES = """
   commonspace train --modality a=a.npy --modality b=b.npy --relevance a,b=R.npz --out m/
   commonspace train --modality image=img.npy --modality text=txt.npy --labels image=y.npy \\
       --labels text=y.npy --solver adam --ensemble 5 --out wiki_ensemble/
+  commonspace train --modality image=img.npy --modality text=txt.npy --labels image=y.npy \\
+      --labels text=y.npy --select --out wiki_selected/
+
+Every run prints the model's cross-modal mAP on a held-out part of the training data beside
+semantic matching's (SCM, per-modality logistic-regression posteriors) on the same part, and
+says when the CNN loses (--no-validation skips it).
 """
 
 
@@ -56,12 +63,26 @@ def register(subparsers):
                    help="relevance by pairing: item i of every modality is one pair")
     p.add_argument("--window", action="extend", nargs="+", default=[], metavar="NAME=H",
                    help="window length h of a modality (default 1)")
-    p.add_argument("--dim", type=int, default=64, help="common-space dimension")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of the relevance term")
+    p.add_argument("--dim", type=int, default=DEFAULTS["dim"],
+                   help="filters of the last layer (the embedding width)")
+    p.add_argument("--alpha", type=float, default=DEFAULTS["alpha"],
+                   help="weight of the relevance term")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the label term")
-    p.add_argument("--gamma", type=float, default=1e-4, help="weight decay")
-    p.add_argument("--solver", choices=("admm", "adam"), default="admm")
-    p.add_argument("--loss", choices=("squared", "softmax"), default="squared")
+    p.add_argument("--gamma", type=float, default=DEFAULTS["gamma"], help="weight decay")
+    p.add_argument("--solver", choices=("admm", "adam"), default=DEFAULTS["solver"])
+    p.add_argument("--loss", choices=("squared", "softmax"), default=DEFAULTS["loss"])
+    p.add_argument("--input-map", choices=("auto", "log", "none"), default=DEFAULTS["input_map"],
+                   help="per-instance input map: log = log1p + L2 (term counts, histograms); "
+                        "auto = log for non-negative, mostly-zero modalities")
+    p.add_argument("--no-normalize", action="store_true",
+                   help="keep raw network outputs (default: unit-norm outputs and a cosine "
+                        "classifier)")
+    p.add_argument("--scale", type=float, default=DEFAULTS["scale"],
+                   help="inverse temperature of the cosine classifier")
+    p.add_argument("--space", choices=("auto", "posterior", "embedding"),
+                   default=DEFAULTS["space"],
+                   help="what transform returns: class posteriors or network outputs (auto: "
+                        "posteriors when fitted with labels)")
     p.add_argument("--activation", choices=("relu", "tanh", "sigmoid", "identity"),
                    default="relu")
     p.add_argument("--hidden", type=int, nargs="*", default=[],
@@ -74,7 +95,7 @@ def register(subparsers):
                         "feature (no names: every modality)")
     p.add_argument("--pad-short", action="store_true",
                    help="zero-pad sequences shorter than their window")
-    p.add_argument("--max-iter", type=int, default=100)
+    p.add_argument("--max-iter", type=int, default=DEFAULTS["max_iter"])
     p.add_argument("--tol", type=float, default=1e-4)
     p.add_argument("--rho", type=float, default=10.0, help="initial ADMM penalty")
     p.add_argument("--mu", type=float, default=1.05, help="ADMM penalty growth factor")
@@ -91,6 +112,14 @@ def register(subparsers):
                    help="iterations without validation improvement before stopping")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select", action="store_true",
+                   help="choose the configuration by internal cross-validation "
+                        "(CrossModelCNNCV: the defaults and one step along training length, "
+                        "relevance weight and width), then refit on all the data")
+    p.add_argument("--cv", type=int, default=3, help="folds of --select")
+    p.add_argument("--no-validation", action="store_true",
+                   help="skip the held-out comparison with semantic matching (it costs one "
+                        "extra fit on 80%% of the data)")
     p.add_argument("--ensemble", type=int, default=1, metavar="N",
                    help="fit N networks that differ only in their seed and keep them as one "
                         "CrossModelEnsemble (their unit vectors concatenated; default 1)")
@@ -210,7 +239,8 @@ def run(args):
         beta=args.beta, gamma=args.gamma, solver=args.solver, loss=args.loss,
         activation=args.activation, hidden=tuple(args.hidden),
         hidden_window=args.hidden_window, position=_positions(args.position, mods),
-        pad_short=args.pad_short,
+        pad_short=args.pad_short, input_map=args.input_map, normalize=not args.no_normalize,
+        scale=args.scale, space=args.space,
         max_iter=args.max_iter, tol=args.tol, rho=args.rho, mu=args.mu, rho_max=args.rho_max,
         inner_steps=args.inner_steps, learning_rate=args.lr,
         batch_size=args.batch_size or None, early_stopping=args.early_stopping,
@@ -218,6 +248,27 @@ def run(args):
         n_threads=args.threads, random_state=args.seed)
     if args.ensemble < 1:
         raise InputError(f"--ensemble must be >= 1, got {args.ensemble}")
+    if args.select and args.ensemble > 1:
+        raise InputError("give either --select or --ensemble, not both")
+    validation = None
+    if args.select:
+        from commonspace.learning import CrossModelCNNCV
+
+        cv = CrossModelCNNCV(model, cv=args.cv, random_state=args.seed,
+                             verbose=not getattr(args, "quiet", False))
+        cv.fit(X, labels=labels, relevance=relevance)
+        model = cv.best_estimator_
+        validation = {"model": cv.best_score_, "scm": cv.baseline_score_,
+                      "how": f"{args.cv}-fold cross-validation on the training data",
+                      "chosen": cv.best_params_}
+    elif not args.no_validation:
+        from commonspace.learning.selection import validate_against_scm
+
+        held = validate_against_scm(model, X, labels, relevance, 0.2, args.seed)
+        validation = {"model": held["model"], "scm": held["scm"],
+                      "how": "a stratified 20% of the training data held out"}
+    if validation is not None:
+        _print_validation(validation)
     bar = tqdm(total=args.max_iter * args.ensemble, desc=f"train ({args.solver})", unit="it",
                disable=getattr(args, "quiet", False))
 
@@ -227,7 +278,9 @@ def run(args):
                         residual=f"{h['primal_residual']:.2g}")
         bar.update(1)
 
-    if args.ensemble > 1:
+    if args.select:
+        members, saved = [model], model
+    elif args.ensemble > 1:
         ensemble = CrossModelEnsemble(model, n_estimators=args.ensemble, random_state=args.seed)
         ensemble.fit(X, labels=labels, relevance=relevance, callback=callback)
         members, saved = ensemble.estimators_, ensemble
@@ -248,10 +301,31 @@ def run(args):
         save_json(out / "history.json", [m.history_ for m in members])
         summary = {"members": [{"seed": m.random_state, **_summary(m, args.early_stopping)}
                                for m in members], "out": str(out)}
+    if validation is not None:
+        summary["validation"] = {k: (round(v, 6) if isinstance(v, float) else v)
+                                 for k, v in validation.items()}
     plot_convergence(histories, out / "convergence.png",
                      title=f"{type(saved).__name__} ({args.solver})")
     print(json.dumps(summary))
     return 0
+
+
+def _print_validation(v):
+    """The model's held-out cross-modal mAP beside semantic matching's, and the verdict."""
+    import sys
+
+    line = f"validation ({v['how']}): cross-model CNN mAP {v['model']:.4f}"
+    if v["scm"] is None:
+        print(line + "; semantic matching needs labels for every modality (not compared)",
+              file=sys.stderr)
+        return
+    line += f", semantic matching (SCM) {v['scm']:.4f}"
+    if v["model"] < v["scm"]:
+        line += (f"; the CNN LOSES to SCM by {v['scm'] - v['model']:.4f}: "
+                 "commonspace.learning.SemanticMatching is the better space for this data")
+    else:
+        line += f"; the CNN beats SCM by {v['model'] - v['scm']:.4f}"
+    print(line, file=sys.stderr)
 
 
 def _summary(model, early_stopping):

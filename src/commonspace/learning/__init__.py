@@ -2,14 +2,23 @@
 
 Owns: sequence padding (``sequences``), the per-modality CNN (``network``), relevance
 matrices (``relevance``), the objective and its closed-form block updates (``objective``), the
-ADMM and Adam solvers (``admm``, ``adam``), the estimator :class:`CrossModelCNN`
-(``crossmodel``) and its seed ensemble :class:`CrossModelEnsemble` (``ensemble``). Imports
-numpy, scipy, torch, joblib and commonspace's shared helpers only.
+ADMM and Adam solvers (``admm``, ``adam``), input maps (``preprocess``), the estimator
+:class:`CrossModelCNN` (``crossmodel``, defaults in ``defaults``), its seed ensemble
+:class:`CrossModelEnsemble` (``ensemble``), the baseline :class:`SemanticMatching`
+(``semantic``) and model selection :class:`CrossModelCNNCV` (``selection``). Imports numpy,
+scipy, scikit-learn, torch, joblib, commonspace's foundation and ``commonspace.metrics`` only.
 """
 
-from commonspace.learning.crossmodel import CrossModelCNN
-from commonspace.learning.ensemble import CrossModelEnsemble
-from commonspace.learning.selection import CrossModelCNNCV
-from commonspace.learning.semantic import SemanticMatching
-
 __all__ = ["CrossModelCNN", "CrossModelCNNCV", "CrossModelEnsemble", "SemanticMatching"]
+
+_WHERE = {"CrossModelCNN": "crossmodel", "CrossModelCNNCV": "selection",
+          "CrossModelEnsemble": "ensemble", "SemanticMatching": "semantic"}
+
+
+def __getattr__(name):
+    # Lazy: ``commonspace.learning.defaults`` is read by the CLI's --help without torch.
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"commonspace.learning.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'commonspace.learning' has no attribute {name!r}")

@@ -14,6 +14,7 @@ from sklearn.base import BaseEstimator
 from commonspace._validation import check_choice, check_is_fitted, check_random_state
 from commonspace.exceptions import DegenerateOutputWarning, InputError, MissingFileError
 from commonspace.io import atomic_path
+from commonspace.learning.defaults import DEFAULTS, PAPER  # noqa: F401 (PAPER re-exported)
 from commonspace.learning.early_stopping import Monitor, split_validation
 from commonspace.learning.network import (
     ACTIVATIONS,
@@ -28,17 +29,6 @@ from commonspace.learning.sequences import append_position, as_padded, fit_windo
 
 SOLVERS = ("admm", "adam")
 SPACES = ("auto", "posterior", "embedding")
-# The defaults, chosen by cross-validation on the training parts of the development sets only
-# (docs/learning.md, "Choosing the defaults"; benchmarks/select_defaults.py).
-DEFAULTS = {"dim": 512, "alpha": 1.0, "gamma": 1e-3, "solver": "adam", "loss": "softmax",
-            "input_map": "auto", "normalize": True, "scale": 10.0, "space": "auto",
-            "max_iter": 100}
-# The formulation of the paper (arXiv 1611.06306) as the first versions had it by default:
-# ADMM, one-hot squared loss, raw (unnormalised) network outputs as the space, standardised
-# inputs. ``CrossModelCNN(**PAPER)`` reproduces it; it loses to semantic matching on every
-# development set (docs/learning.md).
-PAPER = {"dim": 64, "alpha": 1.0, "gamma": 1e-4, "solver": "admm", "loss": "squared",
-         "input_map": "none", "normalize": False, "space": "embedding", "max_iter": 100}
 FORMAT = "commonspace.CrossModelCNN/1"
 LOSSES = ("squared", "softmax")
 

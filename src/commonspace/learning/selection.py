@@ -39,7 +39,13 @@ def take(seqs, idx):
 
 def cv_folds(X: dict, labels: dict | None, relevance, n_splits: int, seed: int) -> list:
     """``n_splits`` folds, each a dict modality -> (fit indices, held-out indices)."""
-    sizes = {k: len(as_padded(v)[1]) for k, v in X.items()}
+    sizes = {k: len(as_padded(v, name=f"X[{k!r}]")[1]) for k, v in X.items()}
+    for k, y in (labels or {}).items():
+        if k not in sizes:
+            raise InputError(f"labels given for unknown modality {k!r}")
+        if len(y) != sizes[k]:
+            raise InputError(f"labels[{k!r}] has {len(y)} entries but X[{k!r}] has "
+                             f"{sizes[k]} sequences; they must match")
     if relevance == "pairs" or not labels or set(labels) != set(X):
         if relevance not in (None, "pairs"):
             raise InputError("cross-validation needs relevance from labels or pairs, not an "
@@ -100,10 +106,16 @@ def validate_against_scm(model, X, labels, relevance=None, validation_fraction=0
     out = {"model": cross_modal_score(fitted, Xv, yv), "scm": None,
            "model_seconds": time.perf_counter() - t0,
            "held_out": {k: len(f[1]) for k, f in folds[0].items()}}
-    if labels and set(labels) == set(X) and relevance in (None, "labels"):
+    if _scm_applies(labels, X, relevance):
         scm = SemanticMatching().fit(Xf, lf)
         out["scm"] = cross_modal_score(scm, Xv, yv)
     return out
+
+
+def _scm_applies(labels, X, relevance) -> bool:
+    """SCM needs labels with two or more classes in every modality (and no explicit R)."""
+    return bool(labels and set(labels) == set(X) and relevance in (None, "labels")
+                and all(len(np.unique(np.asarray(y))) > 1 for y in labels.values()))
 
 
 class CrossModelCNNCV(BaseEstimator):
@@ -167,7 +179,7 @@ class CrossModelCNNCV(BaseEstimator):
                 print(f"[CrossModelCNNCV] {params} mAP {np.mean(scores):.4f} "
                       f"± {np.std(scores):.4f}", flush=True)
         baseline = None
-        if labels and set(labels) == set(X) and relevance in (None, "labels"):
+        if _scm_applies(labels, X, relevance):
             baseline = float(np.mean([cross_modal_score(SemanticMatching().fit(Xf, lf), Xv, yv)
                                       for Xf, Xv, lf, yv in data]))
         best = int(np.argmax(results["mean_score"]))
