@@ -40,10 +40,10 @@ HOST = "127.0.0.1"  # loopback only
 def build_index(folder: Path) -> tuple[list, list]:
     from sklearn.datasets import load_digits
 
+    from commonspace.apps.demo import CAPTION_TEMPLATES, NUMBER_WORDS, digit_captions
     from commonspace.data import load_coco_clip_pairs
     from commonspace.encoders import load_encoder
     from commonspace.index import EmbeddingIndex, QueryEmbedder
-    from commonspace.pipeline.demo import CAPTION_TEMPLATES, NUMBER_WORDS, digit_captions
 
     img, txt = load_coco_clip_pairs()
     captions = digit_captions(load_digits().target, random_state=0)

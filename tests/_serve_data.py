@@ -30,10 +30,10 @@ def build_serve_index(folder) -> dict:
     from sklearn.datasets import load_digits
 
     from commonspace import CrossModelCNN
+    from commonspace.apps.demo import digit_captions
     from commonspace.data import list_fsdd
     from commonspace.encoders import load_encoder
     from commonspace.index import EmbeddingIndex, QueryEmbedder
-    from commonspace.pipeline.demo import digit_captions
 
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)

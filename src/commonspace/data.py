@@ -88,3 +88,60 @@ def load_coco_clip_pairs():
 
     feats = np.load(dataset_path("coco_clip_pairs", "features_clip.npy"))
     return feats[0].astype(np.float32), feats[1].astype(np.float32)
+
+
+def load_webnews():
+    """Web News: Chinese news items, each an image and its text, 10 classes, official split.
+
+    Reads ``webnews/{train,test}set_txt_img_cat.list`` (``text-id<TAB>image-id<TAB>class 1-10``),
+    ``categories.list``, ``texts/<id>.txt`` and ``images/<category>/<id>.jpg``, and handles the
+    two upstream defects instead of failing on them:
+
+    - an entry whose image exists in no category folder is left out (both modalities: the
+      pair is the unit) and listed in ``missing_images``;
+    - an image id found in two category folders is taken from the folder of the entry's own
+      class, and listed in ``duplicate_images`` (``{"id", "folders", "used", "identical"}``,
+      identical = the two files have the same bytes).
+
+    Returns a dict: ``ids`` (text id = image id of each kept pair), ``texts`` (str, stripped),
+    ``image_paths`` (Path), ``y`` (int64 class 0..9), ``train`` (bool, official train split),
+    ``classes`` (10 names, ``categories.list`` order: class c is ``classes[c - 1]``),
+    ``missing_images`` (list of ``{"id", "split", "class"}``) and ``duplicate_images``.
+    """
+    import hashlib
+
+    import numpy as np
+
+    root = dataset_path("webnews")
+    classes = (root / "categories.list").read_text(encoding="utf-8").split()
+    folders: dict[str, list[str]] = {}
+    for folder in sorted(p for p in (root / "images").iterdir() if p.is_dir()):
+        for path in folder.glob("*.jpg"):
+            folders.setdefault(path.stem, []).append(folder.name)
+    out = {"ids": [], "texts": [], "image_paths": [], "y": [], "train": [], "classes": classes,
+           "missing_images": [], "duplicate_images": []}
+    for split, name in (("train", "trainset_txt_img_cat.list"), ("test", "testset_txt_img_cat.list")):
+        for line in (root / name).read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            text_id, image_id, cls = line.split("\t")
+            category = classes[int(cls) - 1]
+            found = folders.get(image_id, [])
+            if not found:
+                out["missing_images"].append({"id": image_id, "split": split, "class": category})
+                continue
+            used = category if category in found else found[0]
+            if len(found) > 1:
+                digests = {hashlib.sha256((root / "images" / f / f"{image_id}.jpg").read_bytes())
+                           .hexdigest() for f in found}
+                out["duplicate_images"].append({"id": image_id, "folders": sorted(found),
+                                                "used": used, "identical": len(digests) == 1})
+            out["ids"].append(text_id)
+            out["texts"].append((root / "texts" / f"{text_id}.txt").read_text(encoding="utf-8")
+                                .strip())
+            out["image_paths"].append(root / "images" / used / f"{image_id}.jpg")
+            out["y"].append(int(cls) - 1)
+            out["train"].append(split == "train")
+    out["y"] = np.array(out["y"], dtype=np.int64)
+    out["train"] = np.array(out["train"], dtype=bool)
+    return out
