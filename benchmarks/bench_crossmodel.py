@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from commonspace.learning.defaults import PAPER
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -183,10 +185,14 @@ def pooled_thirds(seqs):
 
 
 # ---------------------------------------------------------------- tasks
-WIKI_PARAMS = dict(dim=64, alpha=1.0, beta=1.0, gamma=1e-2, loss="softmax", batch_size=256,
+# The tuned recipes below were chosen on Wikipedia and FSDD (validation parts of their training
+# data) in the paper's formulation (raw outputs, standardised inputs; ``PAPER``); they are not
+# the library's defaults, which bench_devsets.py measures. beta=2: the label term is now a mean
+# over the two modalities (it was their sum), so this keeps the recipes' balance.
+WIKI_PARAMS = dict(PAPER, dim=64, alpha=1.0, beta=2.0, gamma=1e-2, loss="softmax", batch_size=256,
                    learning_rate=3e-3, tol=0, random_state=0)
-FSDD_PARAMS = dict(dim=64, window={"audio": 3, "image": 3}, hidden=(128,), position=True,
-                   alpha=1.0, beta=1.0, gamma=1e-4, loss="softmax", batch_size=256,
+FSDD_PARAMS = dict(PAPER, dim=64, window={"audio": 3, "image": 3}, hidden=(128,), position=True,
+                   alpha=1.0, beta=2.0, gamma=1e-4, loss="softmax", batch_size=256,
                    learning_rate=3e-3, tol=0, random_state=0)
 # training recordings are also used played 0.9x and 1.1x as fast (speed perturbation)
 SPEEDS = (0.9, 1.1)
