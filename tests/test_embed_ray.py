@@ -119,10 +119,13 @@ def test_images_bad_file_resume_and_on_error(local_ray, tmp_path):
 
 def _embed_workers():
     """Pids of this session's embedding actors (children of our raylet, titled by Ray)."""
-    from ray._private import ray_constants
-    from ray._private.worker import _global_node
+    try:  # Ray internals: where this session's raylet runs
+        from ray._private import ray_constants
+        from ray._private.worker import _global_node
 
-    raylet = _global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+        raylet = _global_node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    except (ImportError, AttributeError, KeyError, IndexError) as exc:
+        pytest.skip(f"cannot find this session's raylet in this Ray version: {exc}")
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -252,6 +255,9 @@ def test_fuse_through_ray_is_bit_identical(local_ray, coco_embed_dirs, tmp_path)
                         fuser_path=tmp_path / "fuser.npz", **kw)
         assert np.array_equal(np.load(tmp_path / f"ray{workers}.npy"), local)  # bit-identical
     # a folder output: the embed layout, read back by load_embedding_dir with the metadata
+    fuse_embeddings(fuser, tmp_path / "fused_local", **kw)
+    z, zmeta = load_embedding_dir(tmp_path / "fused_local")
+    assert np.array_equal(z, local) and zmeta["id"] == meta["id"]
     fuse_embeddings(fuser, tmp_path / "fused", engine="ray", workers=2, cpus_per_worker=0.5,
                     **kw)
     z, zmeta = load_embedding_dir(tmp_path / "fused")
