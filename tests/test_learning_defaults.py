@@ -104,6 +104,7 @@ def test_nested_set_params_reaches_the_member_template():
 
 
 # ---- no hidden global state -------------------------------------------------------------------
+@pytest.mark.slow
 def test_fit_leaves_the_global_torch_rng_and_thread_count_alone():
     X, y = multiview("msrc", ["cm", "hog"])
     torch.manual_seed(123)
@@ -219,6 +220,7 @@ def test_default_space_is_the_shared_classifiers_posteriors(tmp_path):
 
 
 # ---- model selection ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_cv_scores_equal_an_independent_loop_and_the_refit_is_the_best():
     X, y = multiview("msrc", ["cm", "hog"])
     labels = {k: y for k in X}

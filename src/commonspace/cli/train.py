@@ -264,9 +264,14 @@ def run(args):
     elif not args.no_validation:
         from commonspace.learning.selection import validate_against_scm
 
-        held = validate_against_scm(model, X, labels, relevance, 0.2, args.seed)
-        validation = {"model": held["model"], "scm": held["scm"],
-                      "how": "a stratified 20% of the training data held out"}
+        try:
+            held = validate_against_scm(model, X, labels, relevance, 0.2, args.seed)
+            validation = {"model": held["model"], "scm": held["scm"],
+                          "how": "a stratified 20% of the training data held out"}
+        except InputError as exc:  # e.g. classes too small to hold 20 % out; fit still runs
+            import sys
+
+            print(f"validation against semantic matching skipped: {exc}", file=sys.stderr)
     if validation is not None:
         _print_validation(validation)
     bar = tqdm(total=args.max_iter * args.ensemble, desc=f"train ({args.solver})", unit="it",

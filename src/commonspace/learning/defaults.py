@@ -6,7 +6,7 @@ The defaults were chosen by cross-validation on the training parts of the develo
 defaults").
 """
 
-DEFAULTS = {"dim": 512, "alpha": 1.0, "gamma": 1e-3, "solver": "adam", "loss": "softmax",
+DEFAULTS = {"dim": 512, "alpha": 1.0, "gamma": 1e-2, "solver": "adam", "loss": "softmax",
             "input_map": "auto", "normalize": True, "scale": 10.0, "space": "auto",
             "max_iter": 100}
 
