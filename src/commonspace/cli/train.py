@@ -16,12 +16,11 @@ or ``--relevance A,B=R.npy|R.npz`` (dense ``(n_A, n_B)`` .npy or ``scipy.sparse.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from commonspace.cli._common import add_command
+from commonspace.exceptions import InputError
 from commonspace.learning.defaults import DEFAULTS
-from commonspace.exceptions import InputError, MissingFileError
 
 EXAMPLES = """
   commonspace train --modality audio=mfcc.npz --modality image=rows.npy \\
@@ -141,61 +140,6 @@ def _pairs(values, what):
     return out
 
 
-def load_sequences(path, lengths_path=None):
-    """Read one modality's sequences: an array, ``(padded, lengths)`` or a list of arrays."""
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"sequence file not found: {path}")
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path, allow_pickle=False)
-            if lengths_path is not None:
-                return arr, _load_npy(lengths_path)
-            return arr
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                if "padded" in keys and "lengths" in keys:
-                    return z["padded"], z["lengths"]
-                if not keys or not all(re.fullmatch(r"arr_\d+", k) for k in keys):
-                    raise InputError(f"{path}: expected keys arr_0, arr_1, ... (np.savez(path, "
-                                     f"*seqs)) or padded/lengths, got {keys[:5]}")
-                return [z[f"arr_{i}"] for i in range(len(keys))]
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable sequence file: {exc}") from exc
-    raise InputError(f"{path}: unknown sequence file type {path.suffix!r}; use .npy or .npz")
-
-
-def _load_npy(path):
-    import numpy as np
-
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"file not found: {path}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise InputError(f"{path} is not a readable .npy file: {exc}") from exc
-
-
-def _load_relevance(path):
-    path = Path(path)
-    if path.suffix == ".npz":
-        import scipy.sparse as sp
-
-        if not path.is_file():
-            raise MissingFileError(f"relevance file not found: {path}")
-        try:
-            return sp.load_npz(path)
-        except Exception as exc:
-            raise InputError(f"{path} is not a scipy.sparse .npz file: {exc}") from exc
-    return _load_npy(path)
-
-
 def run(args):
     import json
 
@@ -203,6 +147,7 @@ def run(args):
 
     from commonspace.io import save_json
     from commonspace.learning import CrossModelCNN, CrossModelEnsemble
+    from commonspace.learning.files import load_array, load_relevance, load_sequences
     from commonspace.learning.plots import plot_convergence
 
     mods = _pairs(args.modality, "--modality")
@@ -215,7 +160,7 @@ def run(args):
         if unknown:
             raise InputError(f"{name} names unknown modalities {sorted(unknown)}")
     X = {k: load_sequences(p, lengths.get(k)) for k, p in mods.items()}
-    labels = {k: _load_npy(p) for k, p in _pairs(args.labels, "--labels").items()} or None
+    labels = {k: load_array(p) for k, p in _pairs(args.labels, "--labels").items()} or None
     windows = {}
     for k, v in _pairs(args.window, "--window").items():
         try:
@@ -231,7 +176,7 @@ def run(args):
             names = tuple(key.split(","))
             if len(names) != 2:
                 raise InputError(f"--relevance expects A,B=PATH, got {key!r}")
-            relevance[names] = _load_relevance(p)
+            relevance[names] = load_relevance(p)
     elif args.pairs:
         relevance = "pairs"
     model = CrossModelCNN(
