@@ -198,6 +198,7 @@ def test_bad_input():
         model.transform(nan_vec, modality="vec")
 
 
+@pytest.mark.slow
 def test_real_wikipedia_subset_beats_chance():
     from commonspace.data import load_wikipedia
 

@@ -56,6 +56,7 @@ def test_bad_input():
         center_sequences(seqs)
 
 
+@pytest.mark.slow
 def test_real_fsdd_speaker_cmn_helps_an_unseen_speaker():
     """Digits from mean MFCCs, trained on five speakers, tested on the sixth: removing each
     speaker's own mean (the test speaker's from their unlabelled recordings) beats removing

@@ -9,6 +9,7 @@ from commonspace import CrossModelCNN
 from commonspace.cli.main import main
 
 
+@pytest.mark.slow
 def test_train_cli_writes_model_history_and_plot(tmp_path):
     rng = np.random.default_rng(0)
     n, C = 40, 2
@@ -58,6 +59,7 @@ def test_train_cli_bad_pairs(tmp_path, bad):
                  str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_train_cli_early_stopping(tmp_path, capsys):
     from sklearn.datasets import load_digits
 
@@ -104,6 +106,7 @@ def test_train_cli_position_and_hidden_window(tmp_path, capsys):
     assert "--position names unknown modalities ['c']" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_cli_ensemble(tmp_path, capsys):
     from commonspace import CrossModelEnsemble
 

@@ -80,6 +80,7 @@ def test_bad_input():
         model.transform(vec, modality="audio")
 
 
+@pytest.mark.slow
 def test_real_wikipedia_ensemble_beats_its_members():
     """On the real benchmark, the ensemble ranks better than its members do on average."""
     from commonspace.data import load_wikipedia
