@@ -38,7 +38,7 @@ def register(subparsers):
     p.add_argument("--per-class", type=int, default=None, metavar="N",
                    help="webnews: keep the first N items of each class in each split")
     p.add_argument("--text-chars", type=int, default=None, metavar="N",
-                   help="webnews: embed the first N characters of each text (default 48)")
+                   help="webnews: embed the first N characters of each text (default 32)")
     p.add_argument("--cache-dir", default=None,
                    help="webnews: embedding cache folder (default OUT/cache)")
     p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
