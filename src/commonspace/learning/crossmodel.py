@@ -34,17 +34,20 @@ LOSSES = ("squared", "softmax")
 
 
 class CrossModelCNN(BaseEstimator):
-    """Learn one common space ``R^dim`` for sequences of two or more modalities.
+    """Learn one common space for sequences of two or more modalities.
 
     One CNN per modality (window convolution, activation, max-pool over windows) maps item
-    ``i`` of modality ``k`` to ``u_i^k``; the networks and a shared linear classifier ``Theta``
+    ``i`` of modality ``k`` to ``u_i^k``; the networks and a shared classifier ``Theta``
     minimise ``alpha * relevance + beta * label loss + gamma * (||W||^2 + ||Theta||^2)`` (see
-    :mod:`commonspace.learning.objective`) with ADMM (``solver="admm"``) or end-to-end Adam
-    (``solver="adam"``).
+    :mod:`commonspace.learning.objective`) with end-to-end Adam (``solver="adam"``, default)
+    or ADMM (``solver="admm"``). The defaults (``commonspace.learning.defaults.DEFAULTS``) were
+    chosen by cross-validation on the training parts of the development sets; ``PAPER`` there
+    is the paper's formulation. ``transform`` returns the class posteriors of the shared
+    classifier by default (``space``); ``embed`` the network outputs.
 
     Parameters
     ----------
-    dim : r, the common-space dimension (number of filters of the last layer).
+    dim : r, the number of filters of the last layer (the width of ``embed``'s output).
     window : h, an int for every modality or a dict modality -> int (default 1).
     alpha, beta, gamma : weights of the relevance, label and weight-decay terms.
     solver : "admm" or "adam".
@@ -61,7 +64,15 @@ class CrossModelCNN(BaseEstimator):
         max-pool alone discards it); a bool for every modality or a dict modality -> bool.
     pad_short : zero-pad sequences shorter than the window (else they are an error).
     standardize : scale every input dimension to zero mean / unit variance (training statistics
-        over all valid instances) before the network.
+        over all valid instances) before the network (not the dimensions ``input_map`` maps).
+    input_map : "auto" (``log1p`` + L2 norm ``sqrt(d)`` per instance for a modality whose
+        training values are non-negative and mostly zero, e.g. term counts; nothing otherwise),
+        "log" or "none"; see :mod:`commonspace.learning.preprocess`.
+    normalize : network outputs on the unit sphere and, with Adam, a cosine classifier.
+    scale : inverse temperature of the cosine classifier (logits ``scale * cos``).
+    space : what ``transform`` returns: "posterior" (``(n, n_classes)`` class posteriors),
+        "embedding" (``(n, dim)`` network outputs) or "auto" (posteriors when fitted with
+        labels, ``beta > 0`` and ``loss="softmax"``; else the embedding).
     max_iter, tol : iterations (ADMM) or epochs (Adam) and the stopping tolerance.
     rho, mu, rho_max : ADMM penalty, its growth factor and cap (``rho <- min(mu rho, rho_max)``).
     inner_steps : passes over the data per ADMM W-step.
@@ -77,8 +88,24 @@ class CrossModelCNN(BaseEstimator):
         indices into each modality's ``X``) and ``history_[i]["validation_score"]``.
     n_threads : torch threads during fit/transform (restored afterwards); ``None`` leaves
         torch's setting. The networks are small: one thread is fastest on a shared machine.
-    random_state : seed of the weight initialisation and batch order.
+    random_state : seed of the weight initialisation and batch order (drawn from a forked torch
+        RNG: the caller's global RNG is left alone).
     verbose : print one line per iteration.
+
+    Attributes
+    ----------
+    modalities_ : list of str, fitted modality names in fit order.
+    classes_ : (n_classes,) sorted union of the labels (empty without labels).
+    nets_ : dict modality -> SequenceCNN.
+    theta_ : (dim, n_classes) float32, the classifier (effective weights, logits ``u @ theta_``).
+    window_, position_, n_features_, input_map_ : dicts modality -> window, bool, instance
+        dimension ``d_k``, resolved input map ("log" or "none").
+    mean_, scale_ : dicts modality -> (d_k [+ 1],) float32 standardisation statistics.
+    space_ : "posterior" or "embedding", what ``transform`` returns.
+    history_ : list of per-iteration dicts (objective terms, residual, seconds); ``n_iter_``.
+    dead_rows_ : dict modality -> number of all-zero training outputs (0 for a healthy fit).
+    training_accuracy_ : dict modality -> label accuracy on the training items (posterior
+        space only).
     """
 
     def __init__(self, dim=DEFAULTS["dim"], window=1, alpha=DEFAULTS["alpha"], beta=1.0,
