@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from _learning_data import paper
+from _learning_data import loop_map, paper
 
 from commonspace import CrossModelCNN
 from commonspace.exceptions import InputError, MissingFileError, NotFittedError
@@ -214,28 +214,15 @@ def test_real_wikipedia_subset_beats_chance():
               labels={"image": y, "text": y})
     ui = model.transform(np.sqrt(d["image_test"]), modality="image")
     ut = model.transform(d["text_test"], modality="text")
-    got = (_map(ui, ut, yt, yt) + _map(ut, ui, yt, yt)) / 2
+    got = (loop_map(ui, ut, yt, yt) + loop_map(ut, ui, yt, yt)) / 2
     rng = np.random.default_rng(0)
-    chance = _map(rng.normal(size=ui.shape), rng.normal(size=ut.shape), yt, yt)
+    chance = loop_map(rng.normal(size=ui.shape), rng.normal(size=ut.shape), yt, yt)
     assert chance < 0.13
     assert got > chance + 0.07
     # the shared classifier's posteriors are a cross-modal space too, and classify both
     # modalities' test items (text LDA is the easier modality; 10 classes: chance 0.1)
     pi = model.predict_proba(np.sqrt(d["image_test"]), modality="image")
     pt = model.predict_proba(d["text_test"], modality="text")
-    assert (_map(pi, pt, yt, yt) + _map(pt, pi, yt, yt)) / 2 > chance + 0.07
+    assert (loop_map(pi, pt, yt, yt) + loop_map(pt, pi, yt, yt)) / 2 > chance + 0.07
     assert np.mean(model.predict(d["text_test"], modality="text") == yt) > 0.5  # 0.64
     assert np.mean(model.predict(np.sqrt(d["image_test"]), modality="image") == yt) > 0.17
-
-
-def _map(q, g, yq, yg):
-    """mAP@all with cosine similarity, by an explicit per-query loop."""
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    aps = []
-    for i in range(len(q)):
-        order = np.argsort(-(g @ q[i]), kind="stable")
-        rel = yg[order] == yq[i]
-        hits = np.flatnonzero(rel)
-        aps.append(np.mean((np.arange(len(hits)) + 1) / (hits + 1)))
-    return float(np.mean(aps))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _learning_data import paper
+from _learning_data import loop_map, paper
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
@@ -32,19 +32,6 @@ def multiview(name, views=None):
     tr = z["train"]
     views = views or [str(v) for v in z["views"]]
     return {v: z[v][tr].astype(np.float32) for v in views}, z["y"][tr]
-
-
-def mean_ap(q, g, yq, yg):
-    """mAP@all with cosine similarity, one query at a time (independent of commonspace)."""
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    aps = []
-    for i in range(len(q)):
-        order = np.argsort(-(g @ q[i]), kind="stable")
-        rel = yg[order] == yq[i]
-        hits = np.cumsum(rel)
-        aps.append(np.sum(hits[rel] / (np.flatnonzero(rel) + 1)) / max(rel.sum(), 1))
-    return float(np.mean(aps))
 
 
 # ---- SemanticMatching ----------------------------------------------------------------------
@@ -235,7 +222,7 @@ def test_cv_scores_equal_an_independent_loop_and_the_refit_is_the_best():
             m.fit({k: X[k][fold[k][0]] for k in X}, {k: y[fold[k][0]] for k in X})
             U = {k: m.transform(X[k][fold[k][1]], k) for k in X}
             yv = y[fold["cm"][1]]
-            scores.append(np.mean([mean_ap(U[a], U[b], yv, yv) for a in U for b in U if a != b]))
+            scores.append(np.mean([loop_map(U[a], U[b], yv, yv) for a in U for b in U if a != b]))
         assert cv.cv_results_["mean_score"][i] == pytest.approx(np.mean(scores), abs=1e-6)
     best = int(np.argmax(cv.cv_results_["mean_score"]))
     assert cv.best_params_ == grid[best]
