@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from commonspace.cli.main import COMMANDS, build_parser, main
@@ -88,3 +89,27 @@ def test_name_path_lists_take_one_flag_or_a_repeated_flag(argv_one, argv_repeate
     one, repeated = build_parser().parse_args(argv_one), build_parser().parse_args(argv_repeated)
     assert vars(one) == vars(repeated)
     assert len(one.embeddings if argv_one[0] != "train" else one.modality) == 2
+
+
+def test_a_closed_output_pipe_is_no_traceback(tmp_path):
+    # 300 result lines through `head -n 1`: the pipe closes while search is still writing
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.normal(size=(300, 8)).astype(np.float32))
+    assert run("index", "--embeddings", f"image={tmp_path / 'a.npy'}", "--out",
+               tmp_path / "idx").returncode == 0
+    cmd = (f"set -o pipefail; {sys.executable} -m commonspace.cli.main search --index "
+           f"{tmp_path / 'idx'} --vector {','.join(['1'] * 8)} -k 300 | head -n 1")
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=ENV,
+                          timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode in (0, 141)
+    assert len(proc.stdout.splitlines()) == 1
+
+
+def test_an_invalid_label_regex_is_one_line(tmp_path):
+    (tmp_path / "rec").mkdir()
+    proc = run("embed", "--audio", tmp_path / "rec", "--label-regex", "(", "--model", "mfcc",
+               "--out", tmp_path / "out")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "--label-regex '(' is not a valid regular expression" in proc.stderr

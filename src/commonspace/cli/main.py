@@ -66,6 +66,12 @@ def main(argv=None) -> int:
         return 1
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+    except BrokenPipeError:
+        # `commonspace search ... | head`: the reader has what it wanted; no traceback, and
+        # stdout goes to /dev/null so the interpreter's final flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by the pipe
     except CommonspaceError as exc:
         if args.debug:
             raise

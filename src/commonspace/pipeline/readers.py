@@ -54,11 +54,15 @@ def read_audio_folder(folder, label_regex: str | None = None) -> list[Item]:
     ``label_regex``: applied to the file name's stem; its first group is the label (e.g.
     ``r"^(\\d+)_"`` for FSDD). Without it the label is the first sub-folder's name.
     """
+    try:  # the flag first: a typo should not wait for a folder scan
+        pattern = re.compile(label_regex) if label_regex else None
+    except re.error as exc:
+        raise InputError(f"--label-regex {label_regex!r} is not a valid regular expression: "
+                         f"{exc}") from None
     root = _existing_dir(folder, "audio folder")
     paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
     if not paths:
         raise InputError(f"no .wav files under {root}")
-    pattern = re.compile(label_regex) if label_regex else None
     return [_file_item(p, root, "audio", pattern) for p in paths]
 
 
