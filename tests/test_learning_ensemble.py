@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
-from _learning_data import paper
-from test_learning import _map, make_data
+from _learning_data import loop_map, paper
+from test_learning import make_data
 
 from commonspace import CrossModelEnsemble
 from commonspace.exceptions import InputError, MissingFileError, NotFittedError
@@ -97,7 +97,7 @@ def test_real_wikipedia_ensemble_beats_its_members():
 
     def score(m):
         ui, ut = m.transform(img, modality="image"), m.transform(txt, modality="text")
-        return (_map(ui, ut, yt, yt) + _map(ut, ui, yt, yt)) / 2
+        return (loop_map(ui, ut, yt, yt) + loop_map(ut, ui, yt, yt)) / 2
 
     members = [score(m) for m in model.estimators_]
     assert score(model) > np.mean(members) + 0.01
