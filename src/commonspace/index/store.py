@@ -111,7 +111,7 @@ class EmbeddingIndex:
         ids default to ``"<modality>-<i>"``; sources (file path or text) and labels to None.
         Adding to an existing modality appends (the dimension must match). Returns self.
         """
-        faiss = import_faiss()
+        import_faiss()  # a missing FAISS is said before any validation
 
         if not isinstance(modality, str) or not _NAME.match(modality):
             raise InputError(f"modality name {modality!r} must be letters, digits, '_', '-', '.'")
@@ -132,18 +132,7 @@ class EmbeddingIndex:
                     f"dimension {self.dims_[modality]} for that modality")
             index = self.indexes_[modality]
         else:
-            try:
-                index = faiss.index_factory(d, self.factory, faiss.METRIC_INNER_PRODUCT)
-            except RuntimeError as exc:
-                raise InputError(f"invalid FAISS factory string {self.factory!r}: "
-                                 f"{_faiss_message(exc)}") from exc
-            if not index.is_trained:
-                try:
-                    index.train(x)
-                except RuntimeError as exc:
-                    raise InputError(
-                        f"cannot train a {self.factory!r} index on {n} vectors of {modality!r}: "
-                        f"{_faiss_message(exc)}; use a smaller configuration or 'Flat'") from exc
+            index = self._new_index(x, modality)
         # Global rows must stay contiguous per modality: rebuild the order when appending.
         if modality in self._trained_empty:  # trained by train(), no rows yet: its rows
             self._trained_empty.discard(modality)  # come after every row added so far
@@ -163,12 +152,21 @@ class EmbeddingIndex:
         """Create ``modality``'s index and train it on ``sample`` ``(m, d)`` (e.g. a seeded
         sample of a collection too large to hold), so that later :meth:`add` calls only add
         (shard by shard). A no-op training for indexes that need none (Flat). Returns self."""
-        faiss = import_faiss()
+        import_faiss()  # a missing FAISS is said before any validation
 
         if modality in self.indexes_:
             raise InputError(f"modality {modality!r} already has an index; train it first")
         x = check_matrix(sample, f"training sample of {modality!r}")
         x = self._prepare(x, f"training sample of {modality!r}")
+        index = self._new_index(x, modality)
+        self.indexes_[modality] = index
+        self.dims_[modality] = x.shape[1]
+        self._trained_empty.add(modality)
+        return self
+
+    def _new_index(self, x: np.ndarray, modality: str):
+        """A ``factory`` index for ``x``'s dimension, trained on ``x`` if it needs training."""
+        faiss = import_faiss()
         try:
             index = faiss.index_factory(x.shape[1], self.factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as exc:
@@ -182,10 +180,7 @@ class EmbeddingIndex:
                     f"cannot train a {self.factory!r} index on {len(x)} vectors of "
                     f"{modality!r}: {_faiss_message(exc)}; use a smaller configuration or "
                     "'Flat'") from exc
-        self.indexes_[modality] = index
-        self.dims_[modality] = x.shape[1]
-        self._trained_empty.add(modality)
-        return self
+        return index
 
     def _prepare(self, x: np.ndarray, name: str) -> np.ndarray:
         if not self.normalize:
