@@ -21,6 +21,7 @@ from commonspace.learning.network import (
     SequenceCNN,
     forward_batched,
     receptive_span,
+    zero_rows,
 )
 from commonspace.learning.objective import Problem
 from commonspace.learning.preprocess import apply_input_map, choose_input_map
@@ -285,11 +286,10 @@ class CrossModelCNN(BaseEstimator):
         return self
 
     def _resolve_space(self, classes):
+        has_posteriors = classes.size > 0 and self.beta > 0 and self.loss == "softmax"
         if self.space == "auto":
-            labelled = classes.size > 0 and self.beta > 0
-            return "posterior" if labelled and self.loss == "softmax" else "embedding"
-        if self.space == "posterior" and not (classes.size and self.beta > 0
-                                              and self.loss == "softmax"):
+            return "posterior" if has_posteriors else "embedding"
+        if self.space == "posterior" and not has_posteriors:
             raise InputError("space='posterior' needs labels, beta > 0 and loss='softmax'")
         return self.space
 
@@ -298,7 +298,7 @@ class CrossModelCNN(BaseEstimator):
         dead, const, acc = {}, {}, {}
         for k in self.modalities_:
             F = forward_batched(self.nets_[k], *data[k]).numpy()
-            dead[k] = int((~np.any(F != 0, axis=1)).sum())
+            dead[k] = int(zero_rows(F).sum())
             const[k] = bool(len(F) > 1 and np.allclose(F, F[:1], atol=1e-6))
             if labels and k in labels and self.space_ == "posterior":
                 y = labels[k]
@@ -336,7 +336,7 @@ class CrossModelCNN(BaseEstimator):
         """Network outputs ``u`` ``(n, dim)`` float32, whatever ``space_`` is."""
         with _torch_threads(self.n_threads):
             U = self._transform(seqs, modality, lengths)
-        dead = int((~np.any(U != 0, axis=1)).sum())
+        dead = int(zero_rows(U).sum())
         if dead:
             warnings.warn(f"{dead} of {len(U)} items of {modality!r} map to the zero vector (no "
                           f"filter fires): they have no direction in the common space",
@@ -368,11 +368,14 @@ class CrossModelCNN(BaseEstimator):
     def decision_function(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Scores ``u^T Theta`` ``(n, n_classes)`` float32 of the shared label classifier
         (columns in ``classes_`` order) for sequences of a fitted ``modality``."""
+        self._check_classifier()
+        return self.embed(seqs, modality, lengths) @ self.theta_
+
+    def _check_classifier(self):
         check_is_fitted(self, "nets_")
         if self.classes_.size == 0 or self.beta == 0:
             raise InputError("the model has no label classifier: it was fitted without labels "
                              "or with beta=0")
-        return self.embed(seqs, modality, lengths) @ self.theta_
 
     def predict_proba(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Class posteriors ``softmax(u^T Theta)`` ``(n, n_classes)`` float32 (``loss="softmax"``).
@@ -384,10 +387,7 @@ class CrossModelCNN(BaseEstimator):
         if self.loss != "softmax":
             raise InputError(f"predict_proba needs loss='softmax', the model has "
                              f"loss={self.loss!r}; use decision_function")
-        check_is_fitted(self, "nets_")
-        if self.classes_.size == 0 or self.beta == 0:
-            raise InputError("the model has no label classifier: it was fitted without labels "
-                             "or with beta=0")
+        self._check_classifier()
         return self._posteriors(self.embed(seqs, modality, lengths))
 
     def predict(self, seqs, modality: str, lengths=None) -> np.ndarray:

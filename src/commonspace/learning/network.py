@@ -75,6 +75,11 @@ def forward_batched(net: SequenceCNN, x, lengths, batch_size: int = 4096) -> tor
     return torch.cat(outs)
 
 
+def zero_rows(x) -> np.ndarray:
+    """``(n,)`` bool: the all-zero rows of ``x`` ``(n, dim)`` (items no filter fired for)."""
+    return ~np.any(np.asarray(x) != 0, axis=1)
+
+
 def fill_dead_rows(x, value: float = 1e-6) -> np.ndarray:
     """Copy of ``x`` ``(n, dim)`` as float32 where all-zero rows are set to ``value``.
 
@@ -82,5 +87,5 @@ def fill_dead_rows(x, value: float = 1e-6) -> np.ndarray:
     cosine ranking it gets the same uninformative one as every other such item (ranked as ties).
     """
     x = np.array(x, dtype=np.float32)
-    x[~np.any(x != 0, axis=1)] = value
+    x[zero_rows(x)] = value
     return x

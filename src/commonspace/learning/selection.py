@@ -22,6 +22,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from commonspace._validation import check_is_fitted, check_random_state
 from commonspace.exceptions import InputError
 from commonspace.learning.crossmodel import CrossModelCNN
+from commonspace.learning.network import fill_dead_rows
 from commonspace.learning.semantic import SemanticMatching
 from commonspace.learning.sequences import as_padded
 
@@ -75,7 +76,7 @@ def cross_modal_score(model, X: dict, y: dict) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # zero rows are scored as they are
         U = {k: np.asarray(model.transform(v, modality=k), np.float32) for k, v in X.items()}
-    U = {k: np.where(np.any(u != 0, axis=1, keepdims=True), u, 1e-6) for k, u in U.items()}
+    U = {k: fill_dead_rows(u) for k, u in U.items()}
     return float(np.mean([mean_average_precision(U[a], U[b], y[a], y[b])
                           for a in U for b in U if a != b]))
 
