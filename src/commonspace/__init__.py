@@ -45,3 +45,8 @@ def __getattr__(name):
 
         return getattr(learning, name)
     raise AttributeError(f"module 'commonspace' has no attribute {name!r}")
+
+
+def __dir__():
+    # The lazy names too, so tab completion and dir() find them before their first use.
+    return sorted(set(globals()) | set(__all__))

@@ -22,3 +22,7 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(f"commonspace.learning.{_WHERE[name]}"), name)
     raise AttributeError(f"module 'commonspace.learning' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

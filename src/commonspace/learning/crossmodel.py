@@ -8,25 +8,19 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator
 
 from commonspace._validation import check_choice, check_is_fitted, check_random_state
 from commonspace.exceptions import DegenerateOutputWarning, InputError, MissingFileError
 from commonspace.io import atomic_path
 from commonspace.learning.defaults import DEFAULTS, PAPER  # noqa: F401 (PAPER re-exported)
-from commonspace.learning.early_stopping import Monitor, split_validation
-from commonspace.learning.network import (
-    ACTIVATIONS,
-    SequenceCNN,
-    forward_batched,
-    receptive_span,
-    zero_rows,
-)
-from commonspace.learning.objective import Problem
 from commonspace.learning.preprocess import apply_input_map, choose_input_map
-from commonspace.learning.relevance import build_relevance
 from commonspace.learning.sequences import append_position, as_padded, fit_window
+
+# torch (about 1 s to import), the networks, the solvers, scipy.optimize and scikit-learn's
+# model_selection (early stopping) are imported where a model is fitted, loaded or used, so
+# `from commonspace import CrossModelCNN` stays cheap (tests/test_import_cost.py).
+ACTIVATION_NAMES = ("relu", "tanh", "sigmoid", "identity")  # network.ACTIVATIONS' keys
 
 SOLVERS = ("admm", "adam")
 SPACES = ("auto", "posterior", "embedding")
@@ -173,6 +167,13 @@ class CrossModelCNN(BaseEstimator):
                 raise
 
     def _fit(self, X, labels, relevance, callback):
+        import torch
+
+        from commonspace.learning.early_stopping import Monitor, split_validation
+        from commonspace.learning.network import SequenceCNN, receptive_span
+        from commonspace.learning.objective import Problem
+        from commonspace.learning.relevance import build_relevance
+
         self._check_params()
         if not isinstance(X, dict) or len(X) < 2:
             raise InputError("X must be a dict {modality: sequences} with at least 2 modalities")
@@ -295,6 +296,8 @@ class CrossModelCNN(BaseEstimator):
 
     def _check_degenerate(self, data, labels):
         """Warn, with the figures, when the fitted networks' training outputs are degenerate."""
+        from commonspace.learning.network import forward_batched, zero_rows
+
         dead, const, acc = {}, {}, {}
         for k in self.modalities_:
             F = forward_batched(self.nets_[k], *data[k]).numpy()
@@ -334,6 +337,8 @@ class CrossModelCNN(BaseEstimator):
 
     def embed(self, seqs, modality: str, lengths=None) -> np.ndarray:
         """Network outputs ``u`` ``(n, dim)`` float32, whatever ``space_`` is."""
+        from commonspace.learning.network import zero_rows
+
         with _torch_threads(self.n_threads):
             U = self._transform(seqs, modality, lengths)
         dead = int(zero_rows(U).sum())
@@ -349,6 +354,10 @@ class CrossModelCNN(BaseEstimator):
         return softmax(U.astype(np.float64) @ self.theta_, axis=1).astype(np.float32)
 
     def _transform(self, seqs, modality, lengths):
+        import torch
+
+        from commonspace.learning.network import forward_batched
+
         check_is_fitted(self, "nets_")
         if modality not in self.nets_:
             raise InputError(f"modality {modality!r} was not fitted; fitted modalities: "
@@ -398,6 +407,8 @@ class CrossModelCNN(BaseEstimator):
     # ------------------------------------------------------------------------------------
     def save(self, path) -> Path:
         """Write the fitted model (parameters, weights, statistics, history) atomically."""
+        import torch
+
         check_is_fitted(self, "nets_")
         path = Path(path)
         with atomic_path(path) as tmp:
@@ -411,6 +422,8 @@ class CrossModelCNN(BaseEstimator):
 
     def _state(self) -> dict:
         """The fitted model as a dict of tensors and plain values (``torch.save``-able)."""
+        import torch
+
         params = self.get_params()
         params["hidden"] = list(params["hidden"])
         if isinstance(params["random_state"], np.random.Generator):
@@ -434,6 +447,8 @@ class CrossModelCNN(BaseEstimator):
 
     @classmethod
     def _from_state(cls, state: dict) -> CrossModelCNN:
+        from commonspace.learning.network import SequenceCNN
+
         params = dict(state["params"])
         params["hidden"] = tuple(params["hidden"])
         params.setdefault("hidden_window", 1)  # files written before these parameters existed
@@ -468,7 +483,7 @@ class CrossModelCNN(BaseEstimator):
     def _check_params(self):
         check_choice(self.solver, "solver", SOLVERS)
         check_choice(self.loss, "loss", LOSSES)
-        check_choice(self.activation, "activation", ACTIVATIONS)
+        check_choice(self.activation, "activation", ACTIVATION_NAMES)
         check_choice(self.space, "space", SPACES)
         if not (np.isscalar(self.scale) and math.isfinite(self.scale) and self.scale > 0):
             raise InputError(f"scale must be a finite number > 0, got {self.scale!r}")
@@ -553,6 +568,8 @@ def _torch_threads(n):
     if n is None:
         yield
         return
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(int(n))
     try:
@@ -563,6 +580,8 @@ def _torch_threads(n):
 
 def read_state(path, fmt: str, what: str) -> dict:
     """Load a ``torch.save`` dict and check its ``format`` tag; clear errors otherwise."""
+    import torch
+
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"model file not found: {path}")
