@@ -233,9 +233,9 @@ def test_e5_prefixes_are_applied(minilm):
 # ---- model names -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name, message", [
     ("not-a-model", "unknown model"),
-    ("st:no-such-org/no-such-model", "huggingface-cli download no-such-org/no-such-model"),
-    ("hf:no-such-org/dinov2-none", "huggingface-cli download no-such-org/dinov2-none"),
-    ("openclip:ViT-B-32/openai", "huggingface-cli download timm/vit_base_patch32_clip_224.openai"),
+    ("st:no-such-org/no-such-model", "hf download no-such-org/no-such-model"),
+    ("hf:no-such-org/dinov2-none", "hf download no-such-org/dinov2-none"),
+    ("openclip:ViT-B-32/openai", "hf download timm/vit_base_patch32_clip_224.openai"),
     ("openclip:NoSuchArch/openai", "unknown open_clip architecture"),
 ])
 def test_unknown_or_missing_models_name_what_to_download(name, message, monkeypatch):

@@ -3,6 +3,11 @@
 Errors caused by the user's input are printed as one line ``commonspace: error: ...`` with a
 meaningful exit code (see :mod:`commonspace.exceptions`); ``--debug`` shows the full traceback.
 Exit codes: 0 success, 1 error, 2 bad input, 3 missing file, 4 model not available, 130 interrupted.
+
+Offline by default: the command sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` in its
+own process (never in a library caller's) unless ``--allow-download`` is given, so a model that
+is neither a local folder, a bundled package nor in the Hugging Face cache fails at once with
+one line (exit 4) instead of retrying the hub (see :mod:`commonspace.encoders.hub`).
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"commonspace {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--allow-download", action="store_true",
+                        help="let model libraries download missing weights from the Hugging "
+                        "Face hub (default: offline, local folders and the cache only)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = importlib.import_module(f"commonspace.cli.{name}")
@@ -52,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.allow_download:
+        # the command's own process only: the library never changes os.environ
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
     if args.quiet:
         # Also silences the progress bars of tqdm and of the model libraries (model loading).
         os.environ["TQDM_DISABLE"] = "1"

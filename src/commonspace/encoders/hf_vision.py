@@ -8,12 +8,12 @@ concatenated (``cls_mean``, DINOv2's linear-probe recipe; dimension doubles).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from commonspace._validation import check_choice
 from commonspace.encoders._compat import import_transformers
 from commonspace.encoders.base import Encoder
+from commonspace.encoders.hub import download_hint, hub_offline, offline_hub, one_line
 from commonspace.exceptions import ModelNotAvailableError
 
 POOLINGS = ("cls", "mean", "cls_mean")
@@ -53,21 +53,21 @@ class HFVisionEncoder(Encoder):
         transformers = import_transformers()
         name = f"hf:{spec}"
         local = Path(spec).is_dir()
-        offline = local or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        offline = local or hub_offline()
         try:
-            processor = transformers.AutoImageProcessor.from_pretrained(
-                spec, local_files_only=offline
-            )
-            model = transformers.AutoModel.from_pretrained(spec, local_files_only=offline)
+            with offline_hub(offline):
+                processor = transformers.AutoImageProcessor.from_pretrained(
+                    spec, local_files_only=offline
+                )
+                model = transformers.AutoModel.from_pretrained(spec, local_files_only=offline)
         except Exception as exc:
             hint = (
                 f"the folder {spec} must hold config.json, the weights and preprocessor_config.json"
-                if local else
-                f"download it once with network access: huggingface-cli download {spec} "
-                "(or pass the local folder holding it)"
+                if local else download_hint(spec) + " (or pass the local folder holding it)"
             )
             raise ModelNotAvailableError(
-                f"cannot load transformers model {spec!r}: {type(exc).__name__}: {exc}; {hint}"
+                f"cannot load transformers model {spec!r}: {type(exc).__name__}: "
+                f"{one_line(exc)}; {hint}"
             ) from exc
         return cls(model, processor, name=name, pooling=pooling, device=device, precision=precision)
 

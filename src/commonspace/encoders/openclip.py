@@ -22,6 +22,7 @@ from pathlib import Path
 
 from commonspace.encoders._compat import import_open_clip
 from commonspace.encoders.base import Encoder, resolve_device, resolve_precision
+from commonspace.encoders.hub import download_hint, hub_offline, offline_hub, one_line
 from commonspace.exceptions import InputError, ModelNotAvailableError
 
 logger = logging.getLogger(__name__)
@@ -91,10 +92,11 @@ class OpenCLIPEncoder(Encoder):
                 )
             model_name = arch
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, cache_dir=cache_dir, precision=precision,
-                device=device,
-            )
+            with offline_hub(hub_offline()):
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    model_name, pretrained=pretrained, cache_dir=cache_dir, precision=precision,
+                    device=device,
+                )
         except Exception as exc:
             raise ModelNotAvailableError(_missing_message(open_clip, spec, pretrained, exc)) from exc
         tokenizer = open_clip.get_tokenizer(model_name, cache_dir=cache_dir)
@@ -150,11 +152,8 @@ def _missing_message(open_clip, spec, pretrained, exc) -> str:
         cfg = open_clip.get_pretrained_cfg(arch, pretrained) or {}
         repo = cfg.get("hf_hub", "").rstrip("/")
         if repo:
-            hint = (
-                f"; download it once with network access: huggingface-cli download {repo} "
-                "(it then loads offline from the Hugging Face cache)"
-            )
+            hint = "; " + download_hint(repo)
         else:
             tags = open_clip.list_pretrained_tags_by_model(arch)
             hint = f"; known tags for {arch}: {tags}"
-    return f"cannot load open_clip model {spec!r}: {type(exc).__name__}: {exc}{hint}"
+    return f"cannot load open_clip model {spec!r}: {type(exc).__name__}: {one_line(exc)}{hint}"

@@ -9,13 +9,20 @@ model whose name contains ``e5``, E5's documented ``query: `` / ``passage: ``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from commonspace.encoders._compat import import_sentence_transformers
 from commonspace.encoders.base import Encoder, _check_batch_size, check_texts
+from commonspace.encoders.hub import (
+    OFFLINE_WHY,
+    download_hint,
+    hub_offline,
+    in_cache,
+    offline_hub,
+    one_line,
+)
 from commonspace.exceptions import InputError, ModelNotAvailableError
 
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
@@ -68,19 +75,24 @@ class SentenceTransformerEncoder(Encoder):
         if not Path(spec).is_dir() and spec in MINILM_NAMES and bundled_minilm_path():
             path = bundled_minilm_path()
         local = Path(path).is_dir()
-        offline = local or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        offline = local or hub_offline()
+        hub_id = spec if "/" in spec else f"sentence-transformers/{spec}"
+        if offline and not local and not (in_cache(hub_id) or in_cache(spec)):
+            # said at once: loading would log "No modules.json found ..., initializing a new
+            # SentenceTransformer model" first, which is not what happens
+            raise ModelNotAvailableError(f"cannot load sentence-transformers model {spec!r}: "
+                                         f"{OFFLINE_WHY}; {download_hint(hub_id)}")
         try:
-            model = st.SentenceTransformer(path, device="cpu", local_files_only=offline)
+            with offline_hub(offline):
+                model = st.SentenceTransformer(path, device="cpu", local_files_only=offline)
         except Exception as exc:
-            hub_id = spec if "/" in spec else f"sentence-transformers/{spec}"
             hint = (
                 f"the folder {spec} is not a sentence-transformers model" if local else
-                f"download it once with network access: huggingface-cli download {hub_id} "
-                "(or pass the local folder holding it)"
+                download_hint(hub_id) + " (or pass the local folder holding it)"
             )
             raise ModelNotAvailableError(
                 f"cannot load sentence-transformers model {spec!r}: {type(exc).__name__}: "
-                f"{exc}; {hint}"
+                f"{one_line(exc)}; {hint}"
             ) from exc
         return cls(model, name=name, prefixes=prefixes, default_role=default_role, device=device,
                    precision=precision)
