@@ -14,6 +14,7 @@ import time
 import torch
 
 from commonspace.learning.admm import network_outputs, objective_terms
+from commonspace.learning.network import forward_buckets
 
 
 def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batch_size, rng,
@@ -55,7 +56,7 @@ def solve_adam(problem, nets, data, *, gamma, max_iter, tol, learning_rate, batc
             for k in names:
                 x, lengths = data[k]
                 lb = lengths[idx[k]]
-                out[k] = nets[k](x[idx[k]][:, : int(lb.max())], lb)
+                out[k] = forward_buckets(nets[k], x[idx[k]], lb)
             loss = _batch_objective(problem, out, idx, effective(theta), Y, lw, gamma, nets)
             opt.zero_grad(set_to_none=True)
             loss.backward()

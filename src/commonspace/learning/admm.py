@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from commonspace.learning.network import forward_batched
+from commonspace.learning.network import forward_batched, forward_buckets
 
 
 def network_outputs(nets, data, problem):
@@ -107,7 +107,7 @@ def _w_step(net, opt, data, target, rho, gamma, steps, batch_size, gen):
         for s in range(0, n, bs):
             idx = perm[s:s + bs]
             lb = lengths[idx]
-            out = net(x[idx][:, : int(lb.max())], lb)
+            out = forward_buckets(net, x[idx], lb)
             loss = 0.5 * rho * ((target[idx] - out) ** 2).sum(dim=1).mean() \
                 + gamma * net.weight_norm2()
             opt.zero_grad(set_to_none=True)

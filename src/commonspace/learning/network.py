@@ -64,14 +64,35 @@ class SequenceCNN(nn.Module):
         return sum((layer.weight ** 2).sum() for layer in self.layers)
 
 
+def forward_buckets(net: SequenceCNN, x: torch.Tensor, lengths: torch.Tensor,
+                    bucket_size: int = 256) -> torch.Tensor:
+    """``net(x, lengths)`` with the items grouped by length: ``(n, dim)``, rows in input order.
+
+    Each item's output depends only on its own first ``lengths[i]`` steps, so evaluating
+    groups of similar length, each trimmed to its own longest item, gives the same outputs
+    and gradients as one padded batch at a fraction of the cost when lengths vary (FSDD's
+    MFCC sequences: mean 38 frames, longest 229). One call when all lengths are equal.
+    """
+    lengths = torch.as_tensor(lengths)
+    if x.shape[0] <= bucket_size or int(lengths.min()) == int(lengths.max()):
+        return net(x[:, : int(lengths.max())], lengths)
+    order = torch.argsort(lengths)
+    parts = []
+    for s in range(0, len(order), bucket_size):
+        ib = order[s:s + bucket_size]
+        lb = lengths[ib]
+        parts.append(net(x[ib][:, : int(lb.max())], lb))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    return torch.cat(parts)[inverse]
+
+
 def forward_batched(net: SequenceCNN, x, lengths, batch_size: int = 4096) -> torch.Tensor:
     """Evaluate ``net`` without gradients in batches; returns ``(n, dim)`` float32."""
     outs = []
     with torch.no_grad():
         for s in range(0, x.shape[0], batch_size):
-            xb, lb = x[s:s + batch_size], lengths[s:s + batch_size]
-            # Only the batch's own maximal length matters: trims padding for speed.
-            outs.append(net(xb[:, : int(lb.max())], lb))
+            outs.append(forward_buckets(net, x[s:s + batch_size], lengths[s:s + batch_size]))
     return torch.cat(outs)
 
 
