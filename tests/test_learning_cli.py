@@ -49,7 +49,7 @@ def test_train_cli_errors(tmp_path, capsys):
                  "--modality", f"b={tmp_path / 'b.npy'}", "--labels", f"a={tmp_path / 'y.npy'}",
                  "--labels", f"b={tmp_path / 'y.npy'}", "--out", str(tmp_path / "o")])
     assert code == 2
-    assert "must match" in capsys.readouterr().err
+    assert "y.npy: 4 labels, but --modality a=" in capsys.readouterr().err
     assert not (tmp_path / "o" / "model.pt").exists()
 
 
@@ -132,3 +132,115 @@ def test_train_cli_ensemble(tmp_path, capsys):
     assert (out / "convergence.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main([*base, "--ensemble", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "--ensemble must be >= 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- issue 17: train reads every input
+@pytest.fixture(scope="module")
+def audio_and_digits(tmp_path_factory):
+    """48 real FSDD recordings of the digits 0-3 embedded by `commonspace embed --audio` (MFCC
+    sequences, labels from the file names), and 48 handwritten digits 0-3 as sequences of
+    their 8 pixel rows with one label per line in a .txt."""
+    import shutil
+    from pathlib import Path
+
+    from sklearn.datasets import load_digits
+
+    from commonspace.data import list_fsdd
+
+    root = tmp_path_factory.mktemp("audio_digits")
+    wav = root / "wav"
+    wav.mkdir()
+    for r in list_fsdd():
+        if r["digit"] < 4 and r["index"] < 2:
+            shutil.copy(r["path"], wav / Path(r["path"]).name)
+    assert main(["-q", "embed", "--audio", str(wav), "--label-regex", r"^(\d+)_",
+                 "--out", str(root / "emb_fsdd"), "--shard-size", "20"]) == 0
+    d = load_digits()
+    keep = np.concatenate([np.flatnonzero(d.target == c)[:12] for c in range(4)])
+    np.save(root / "rows.npy", (d.images[keep] / 16).astype(np.float32))
+    (root / "y_rows.txt").write_text("".join(f"{c}\n" for c in d.target[keep]))
+    return root
+
+
+@pytest.mark.slow
+def test_train_reads_an_audio_embed_folder_and_txt_labels(audio_and_digits, capsys):
+    from commonspace.shards_io import load_sequence_dir
+
+    root = audio_and_digits
+    emb, out = root / "emb_fsdd", root / "model"
+    code = main(["-q", "train", "--modality", f"audio={emb}", f"image={root / 'rows.npy'}",
+                 "--labels", f"audio={emb}", f"image={root / 'y_rows.txt'}",
+                 "--window", "audio=3", "image=2", "--dim", "8", "--max-iter", "3",
+                 "--no-validation", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    seqs, meta = load_sequence_dir(emb)
+    rows = np.load(root / "rows.npy")
+    labels = {"audio": np.array([int(v) for v in meta["label"]]),
+              "image": np.loadtxt(root / "y_rows.txt", dtype=int)}
+    lib = CrossModelCNN(dim=8, window={"audio": 3, "image": 2}, max_iter=3, random_state=0,
+                        n_threads=1).fit({"audio": seqs, "image": rows}, labels=labels)
+    cli = CrossModelCNN.load(out / "model.pt")
+    np.testing.assert_allclose(cli.transform(seqs, modality="audio"),
+                               lib.transform(seqs, modality="audio"), atol=1e-5)
+    np.testing.assert_allclose(cli.transform(rows, modality="image"),
+                               lib.transform(rows, modality="image"), atol=1e-5)
+
+
+def test_train_without_relevance_says_what_is_needed(audio_and_digits, capsys):
+    """No labels and no --pairs: no silent pairing of rows, one line saying the choices."""
+    root = audio_and_digits
+    base = ["train", "--modality", f"a={root / 'rows.npy'}", f"b={root / 'rows.npy'}",
+            "--dim", "4", "--max-iter", "1", "--no-validation", "--out", str(root / "o")]
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--labels NAME=PATH for every modality" in err
+    assert "--pairs" in err and "--relevance" in err and "missing: a, b" in err
+    assert main([*base, "--labels", f"a={root / 'y_rows.txt'}"]) == 2
+    assert "--labels is given for ['a'] only" in capsys.readouterr().err
+    assert not (root / "o" / "model.pt").exists()
+    assert main(["-q", *base, "--pairs"]) == 0  # pairs when the user says so
+
+
+def test_train_errors_name_the_flags_on_their_own_line(audio_and_digits, capsys):
+    root = audio_and_digits
+    rows, y = root / "rows.npy", root / "y_rows.txt"
+    base = ["train", "--modality", f"a={rows}", f"b={rows}", "--labels", f"a={y}", f"b={y}",
+            "--dim", "4", "--max-iter", "2", "--no-validation", "--out", str(root / "o2")]
+    assert main([*base, "--window", "a=9"]) == 2
+    err = capsys.readouterr().err
+    assert f"--window a=9: 48 item(s) of --modality a={rows} have fewer than 9" in err
+    assert "--pad-short" in err and "pad_short" not in err and "X[" not in err
+    (root / "short.txt").write_text("1\n2\n")
+    assert main([*base[:6], f"b={root / 'short.txt'}", *base[7:]]) == 2
+    err = capsys.readouterr().err
+    assert f"--labels b={root / 'short.txt'}: 2 labels, but --modality b={rows} has 48" in err
+    # an error raised while the progress bar runs starts a line of its own
+    np.save(root / "zero.npy", np.zeros((48, 48)))
+    code = main(["train", "--modality", f"a={rows}", f"b={rows}", "--relevance",
+                 f"a,b={root / 'zero.npy'}", "--dim", "4", "--max-iter", "2",
+                 "--no-validation", "--solver", "adam", "--out", str(root / "o3")])
+    err = capsys.readouterr().err
+    assert code == 2
+    last = err.rstrip("\n").split("\n")[-1]
+    assert last == f"commonspace train: error: --relevance a,b={root / 'zero.npy'} is all zero"
+
+
+def test_train_help_shows_every_default(capsys):
+    import argparse
+    import re
+
+    from commonspace.cli._common import Formatter
+    from commonspace.cli.main import build_parser
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, value in [("--solver", "adam"), ("--loss", "softmax"), ("--max-iter", "100"),
+                        ("--tol", "0.0001"), ("--seed", "0"), ("--activation", "relu")]:
+        assert re.search(rf" {flag} (\{{[^}}]*\}}|[A-Z_]+) [^()]*\(default: {value}\)", text), flag
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    formatter = Formatter("commonspace train")
+    for action in sub.choices["train"]._actions:
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            assert action.help and "default" in formatter._get_help_string(action), \
+                action.option_strings

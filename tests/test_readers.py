@@ -132,7 +132,7 @@ def test_labels_text_ints_strings_and_row_count(tmp_path):
 
 @pytest.mark.parametrize("reader", [read_embeddings, read_sequences, read_labels])
 def test_errors_name_the_flag_and_have_the_documented_kind(tmp_path, reader):
-    with pytest.raises(MissingFileError, match=r"^--modality audio=emb/fsdd: no such file"):
+    with pytest.raises(MissingFileError, match=r"^--modality audio=emb/fsdd: not found$"):
         reader("emb/fsdd", flag="--modality audio=emb/fsdd")
     (tmp_path / "bad.npy").write_text("not numpy")
     with pytest.raises(InputError, match=r"^--x .*bad.npy: not a readable .npy file"):

@@ -39,7 +39,7 @@ def _existing(path, flag: str) -> tuple[Path, str]:
     path = Path(path)
     where = _where(flag, path)
     if not path.exists():
-        raise MissingFileError(f"{where}: no such file or folder")
+        raise MissingFileError(f"{where}: not found")
     return path, where
 
 

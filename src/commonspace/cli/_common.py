@@ -10,7 +10,9 @@ class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsH
 
     def _get_help_string(self, action):
         help_text = action.help or ""
-        if "default" in help_text or action.default in (None, False, argparse.SUPPRESS):
+        # identity, not equality: a default of 0 (a seed) says something, False does not
+        if "default" in help_text or any(action.default is v
+                                         for v in (None, False, argparse.SUPPRESS)):
             return help_text
         return super()._get_help_string(action)
 
