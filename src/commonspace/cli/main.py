@@ -22,12 +22,16 @@ from commonspace import __version__
 from commonspace.cli._common import Formatter
 from commonspace.exceptions import CommonspaceError
 
-COMMANDS = ("embed", "fuse", "train", "eval", "index", "search", "serve", "demo")
+COMMANDS = ("embed", "fuse", "train", "transform", "eval", "index", "search", "serve",
+            "demo")
 
 EPILOG = """examples:
   commonspace demo                                   # the whole pipeline on real data, offline
   commonspace embed --model st:all-MiniLM-L6-v2 --texts captions.txt --out emb/
   commonspace fuse --cross clip_img.npy --expert dino_img.npy --modality image --out fused.npy
+  commonspace train --modality audio=emb/fsdd --modality image=rows.npy --labels audio=emb/fsdd \\
+      --labels image=y.txt --out model/
+  commonspace transform --model model/ --input emb/fsdd --modality audio --out space/audio
   commonspace eval --embeddings clip=clip.npy fused=fused.npy --labels labels.npy --out report/
   commonspace index --embeddings image=fused_img.npy --out idx/
   commonspace search --index idx/ --vector query.npy -k 5

@@ -202,6 +202,51 @@ class QueryEmbedder:
         return cls(spec["recipes"], objects or None)
 
 
+def load_model(path, flag: str = "model"):
+    """A saved common-space model: ``(object, path of its file)``.
+
+    path : a `commonspace train` output folder (its ``model.pt``), a ``.pt`` file of a
+        :class:`~commonspace.CrossModelCNN` or :class:`~commonspace.CrossModelEnsemble` (told
+        apart by its format tag), or a ``.npz`` :class:`~commonspace.KrossFuse` fuser (what
+        `commonspace fuse` writes, ``OUT.fuser.npz``). ``flag`` names it in errors.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.pt").is_file():
+            raise MissingFileError(f"{flag} {path}: the folder has no model.pt (give the "
+                                   "--out folder of `commonspace train`, a .pt or a .fuser.npz)")
+        path = path / "model.pt"
+    if not path.exists():
+        raise MissingFileError(f"{flag} {path}: no such file or folder")
+    import commonspace
+
+    if path.suffix.lower() == ".npz":
+        kind = "KrossFuse"
+    else:
+        kind = _torch_format(path, flag)
+    try:
+        return getattr(commonspace, kind).load(path), path
+    except (InputError, MissingFileError) as exc:
+        raise type(exc)(f"{flag} {path}: {exc}") from None
+
+
+def _torch_format(path: Path, flag: str) -> str:
+    """``CrossModelCNN`` or ``CrossModelEnsemble``: the class a ``.pt`` file's tag names."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{flag} {path}: not a saved commonspace model "
+                         f"({type(exc).__name__})") from None
+    tag = state.get("format", "") if isinstance(state, dict) else ""
+    kind = str(tag).partition("commonspace.")[2].partition("/")[0]
+    if kind not in ("CrossModelCNN", "CrossModelEnsemble"):
+        raise InputError(f"{flag} {path}: not a saved CrossModelCNN or CrossModelEnsemble "
+                         f"(format {tag!r})")
+    return kind
+
+
 def read_pixels(paths, size=(8, 8), scale: float = 16.0) -> np.ndarray:
     """(n, h, w) float32 grey images resized to ``size`` (h, w), values in [0, scale]."""
     from PIL import Image

@@ -30,7 +30,6 @@ import numpy as np
 
 from commonspace._validation import check_choice, check_same_length
 from commonspace.exceptions import InputError
-from commonspace.io import atomic_path, save_embeddings, save_json
 from commonspace.pipeline import shards as shard_io
 from commonspace.pipeline.ray_engine import ENGINES
 
@@ -192,79 +191,12 @@ class _fuser_file:
             self.tmp.unlink(missing_ok=True)
 
 
-def _in_order(stream, n_chunks):
-    """Chunks from ``stream`` (any order, each once) yielded in chunk order; few are held."""
-    held, nxt = {}, 0
-    for k, z in stream:
-        if k in held or k < nxt:
-            raise RuntimeError(f"chunk {k} arrived twice")
-        held[k] = z
-        while nxt in held:
-            yield nxt, held.pop(nxt)
-            nxt += 1
-    if nxt != n_chunks:
-        raise RuntimeError(f"{n_chunks - nxt} chunks never arrived")
-
-
 def _write(out, kind, stream, chunks, n, width, out_dtype, metadata, fuser, files, modality):
-    def cast(z):
-        z = z.astype(out_dtype, copy=False)
-        if out_dtype == np.float16 and not np.isfinite(z).all():
-            raise InputError("fused values overflow float16; write float32 output")
-        return np.ascontiguousarray(z)
-
-    ordered = _in_order(stream, len(chunks))
-    if kind == ".npy":
-        header = {"descr": np.lib.format.dtype_to_descr(out_dtype), "fortran_order": False,
-                  "shape": (n, width)}
-        with atomic_path(out, suffix=".npy") as tmp, open(tmp, "wb") as fh:
-            np.lib.format.write_array_header_2_0(fh, header)
-            for _, z in ordered:
-                fh.write(memoryview(cast(z)).cast("B"))
-        return
-    if kind == ".parquet":
-        save_embeddings(out, np.concatenate([cast(z) for _, z in ordered]))
-        return
-    _write_folder(out, ordered, chunks, n, width, out_dtype, metadata, fuser, files, modality)
-
-
-def _write_folder(out, ordered, chunks, n, width, out_dtype, metadata, fuser, files, modality):
-    """Shards + markers + manifest.json + metadata.parquet (the embed layout)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out = Path(out)
-    (out / shard_io.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-    for name in ("manifest.json", "metadata.parquet"):
-        (out / name).unlink(missing_ok=True)
-    if metadata is None:
-        metadata = {"id": [str(i) for i in range(n)], "modality": [modality or ""] * n,
-                    "source": [None] * n, "label": [None] * n, "source_sha256": [None] * n}
-    inputs = hashlib.sha256(json.dumps(
-        [[str(f) for f in fs] for fs in files]).encode()).hexdigest()
+    """The fused chunks into ``out`` (see :func:`commonspace.pipeline.shards.write_rows`)."""
     fuser_key = hashlib.sha256(json.dumps(fuser.get_params(), sort_keys=True, default=str)
                                .encode()).hexdigest()
-    shards = []
-    for k, z in ordered:
-        c = chunks[k]
-        rows = [{col: metadata[col][i] for col in shard_io.METADATA_COLUMNS}
-                for i in range(c["start"], c["stop"])]
-        key = hashlib.sha256(f"{fuser_key}:{inputs}:{c['start']}:{c['stop']}".encode()).hexdigest()
-        marker = {"index": k, "key": key, "start": c["start"], "stop": c["stop"],
-                  "n_rows": len(rows), "skipped": []}
-        shard_io.write_shard(out, k, "npy", z.astype(out_dtype), rows, marker)
-        shards.append({"index": k, "file": f"{shard_io.SHARD_DIR}/{shard_io.shard_stem(k)}.npy",
-                       "n_rows": len(rows), "first_item": c["start"], "key": key})
-    table = pa.table({c: pa.array([None if v is None else str(v) for v in metadata[c]],
-                                  type=pa.string()) for c in shard_io.METADATA_COLUMNS})
-    with atomic_path(out / "metadata.parquet") as tmp:
-        pq.write_table(table, tmp)
-    save_json(out / "manifest.json", {
-        "version": 1, "kind": "vectors", "format": "npy",
-        "model": {"name": "krossfuse", "adapter": "KrossFuse", "dim": int(width),
-                  "fusion": {k: (v if isinstance(v, (int, float, str, type(None))) else str(v))
-                             for k, v in fuser.get_params().items()}},
-        "normalize": False, "inputs": {"files": [[str(f) for f in fs] for fs in files]},
-        "row_order": "the inputs' row order; row i of the shards is row i of metadata.parquet",
-        "n_rows": n, "n_skipped": 0, "skipped": [], "shards": shards,
-    })
+    model = {"name": "krossfuse", "adapter": "KrossFuse", "dim": int(width),
+             "fusion": {k: (v if isinstance(v, (int, float, str, type(None))) else str(v))
+                        for k, v in fuser.get_params().items()}}
+    shard_io.write_rows(out, kind, stream, chunks, n, width, out_dtype, metadata,
+                        model=model, model_key=fuser_key, files=files, modality=modality)
