@@ -166,15 +166,15 @@ def test_eval_bad_input_is_one_clear_error(tmp_path, capsys):
                 "--out",
                 out,
             ],
-            "labels has 39 entries but each embedding has 40 rows",
+            "y.npy: 39 labels, but each embedding has 40 rows",
         ),
         (
             ["--embeddings", f"a={tmp_path / 'nan.npy'}", "--tasks", "recall", "--out", out],
-            "a contains NaN or Inf values",
+            "nan.npy: contains NaN or Inf values",
         ),
         (
             ["--embeddings", f"a={tmp_path / 'x.npy'}", "--tasks", "recall", "--out", out],
-            "task 'recall' needs image and text embeddings",
+            "task 'recall' needs paired rows of two modalities of one space",
         ),
         (["--embeddings", f"a={tmp_path / 'missing.npy'}", "--out", out], "not found"),
     ]
@@ -213,3 +213,129 @@ def test_run_tasks_seeded_stratified_split_on_digits():
     assert res["pixels"]["retrieval"]["test_to_train mAP"] == pytest.approx(
         mean_average_precision(X[te], X[tr], y[te], y[tr]), abs=1e-5
     )
+
+
+# ------------------------------------------- issue 17: any modalities, unpaired, folders, baselines
+def brute_force_map(Q, G, yq, yg):
+    """mAP@all written out: cosine scores, ties by lower gallery row, AP per query."""
+    Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    G = G / np.linalg.norm(G, axis=1, keepdims=True)
+    aps = []
+    for q, label in zip(Q.astype(np.float64), yq, strict=True):
+        order = np.argsort(-(G.astype(np.float64) @ q), kind="stable")
+        rel = yg[order] == label
+        if not rel.any():
+            continue  # no relevant item: left out, as the library does (with a warning)
+        precision = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+        aps.append((precision * rel).sum() / rel.sum())
+    return float(np.mean(aps))
+
+
+@pytest.fixture(scope="module")
+def msrc_unpaired(tmp_path_factory):
+    """Two views of MSRC (HOG, GIST) as two unpaired modalities of one space: per-view
+    logistic-regression class posteriors (7-d) of different image sets, 120 and 150 rows."""
+    root = tmp_path_factory.mktemp("msrc")
+    from commonspace.data import dataset_path
+
+    d = np.load(dataset_path("multiview", "msrc.npz"))
+    y = d["y"]
+    perm = np.random.default_rng(0).permutation(210)  # the two sets share 60 images
+    rows = {"hog": np.sort(perm[:120]), "gist": np.sort(perm[60:])}
+    with threadpool_limits(1):
+        for view, idx in rows.items():
+            X = StandardScaler().fit_transform(d[view])
+            post = LogisticRegression(max_iter=200).fit(X[d["train"]], y[d["train"]])
+            np.save(root / f"{view}.npy", post.predict_proba(X[idx]).astype(np.float32))
+            np.save(root / f"raw_{view}.npy", d[view][idx].astype(np.float32))
+    (root / "y_hog.txt").write_text("".join(f"{c}\n" for c in y[rows["hog"]]))
+    np.save(root / "y_gist.npy", y[rows["gist"]])
+    return root, {v: y[i] for v, i in rows.items()}
+
+
+def test_eval_unpaired_modalities_with_labels_and_baselines_in_one_table(msrc_unpaired):
+    from sklearn.model_selection import train_test_split
+
+    root, y = msrc_unpaired
+    out = root / "report"
+    assert main(["-q", "eval", "--embeddings", f"sm:hog={root / 'hog.npy'}",
+                 f"sm:gist={root / 'gist.npy'}", f"raw:hog={root / 'raw_hog.npy'}",
+                 "--labels", f"hog={root / 'y_hog.txt'}", f"gist={root / 'y_gist.npy'}",
+                 "--tasks", "retrieval", "knn", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    X = {v: np.load(root / f"{v}.npy") for v in ("hog", "gist")}
+    split = {v: [np.sort(s) for s in train_test_split(np.arange(len(y[v])), test_size=0.3,
+                                                        random_state=0, stratify=y[v])]
+             for v in y}
+    te = {v: split[v][1] for v in y}
+    assert res["sm"]["retrieval"]["hog_to_gist mAP"] == pytest.approx(
+        brute_force_map(X["hog"][te["hog"]], X["gist"][te["gist"]], y["hog"][te["hog"]],
+                        y["gist"][te["gist"]]), abs=1e-6)
+    assert res["sm"]["retrieval"]["gist_to_hog mAP"] == pytest.approx(
+        brute_force_map(X["gist"][te["gist"]], X["hog"][te["hog"]], y["gist"][te["gist"]],
+                        y["hog"][te["hog"]]), abs=1e-6)
+    raw = np.load(root / "raw_hog.npy")
+    tr = split["hog"][0]
+    assert res["raw"]["retrieval"]["hog_to_hog mAP"] == pytest.approx(
+        brute_force_map(raw[te["hog"]], raw[tr], y["hog"][te["hog"]], y["hog"][tr]), abs=1e-6)
+    assert res["raw"]["knn[hog]"]["accuracy"] == knn_accuracy(
+        raw[tr], y["hog"][tr], raw[te["hog"]], y["hog"][te["hog"]], 20)
+    md = (out / "results.md").read_text()
+    # the baseline's row and the learned space's own within-modality row side by side
+    row = next(ln for ln in md.splitlines() if ln.startswith("| retrieval / hog_to_hog mAP |"))
+    assert "–" not in row and row.count("|") == 4
+    assert "| retrieval / hog_to_gist mAP |" in md
+
+
+@pytest.mark.slow
+def test_eval_paired_any_modality_names_recall(tmp_path):
+    images, captions = load_coco_clip_pairs()
+    np.save(tmp_path / "photo.npy", images)
+    np.save(tmp_path / "caption.npy", captions)
+    out = tmp_path / "report"
+    assert main(["-q", "eval", "--embeddings", f"clip:photo={tmp_path / 'photo.npy'}",
+                 f"clip:caption={tmp_path / 'caption.npy'}", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["clip"]
+    assert set(res) == {"recall", "similarity"}  # no labels: the paired tasks
+    lib = image_text_recall(images, captions, np.arange(500))
+    assert res["recall"]["photo_to_caption"]["R@1"] == lib["image_to_text"][1]
+    assert res["recall"]["caption_to_photo"]["R@5"] == lib["text_to_image"][5]
+    sims = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ (
+        captions / np.linalg.norm(captions, axis=1, keepdims=True)).T
+    assert res["recall"]["photo_to_caption"]["R@1"] == pytest.approx(
+        np.mean(np.argmax(sims, axis=1) == np.arange(500)))
+
+
+def test_eval_reads_embed_folders(tmp_path, capsys):
+    from test_index_shards import write_embed_dir
+
+    images, captions = load_coco_clip_pairs()
+    folder = write_embed_dir(tmp_path / "emb", [np.concatenate([images, captions])[i:i + 300]
+                                                for i in range(0, 1000, 300)],
+                             ["image"] * 500 + ["text"] * 500)
+    out = tmp_path / "report"
+    assert main(["-q", "eval", "--embeddings", f"clip:image={folder}", f"clip:text={folder}",
+                 "--tasks", "recall", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["clip"]
+    lib = image_text_recall(images, captions, np.arange(500))
+    assert res["recall"]["image_to_text"]["R@1"] == lib["image_to_text"][1]
+    capsys.readouterr()
+    assert main(["eval", "--embeddings", f"clip={folder}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"--embeddings clip={folder}: the folder holds several modalities" in err
+
+
+def test_eval_labels_errors_name_the_flag(msrc_unpaired, capsys):
+    root, _ = msrc_unpaired
+    base = ["eval", "--embeddings", f"sm:hog={root / 'hog.npy'}", f"sm:gist={root / 'gist.npy'}",
+            "--tasks", "retrieval", "--out", str(root / "r2")]
+    assert main([*base, "--labels", str(root / "y_gist.npy")]) == 2
+    assert "one shared labels file needs embeddings of one row count, these have [120, 150]" \
+        in capsys.readouterr().err
+    assert main([*base, "--labels", f"hog={root / 'y_gist.npy'}", f"gist={root / 'y_gist.npy'}"]) == 2
+    assert f"--labels hog={root / 'y_gist.npy'}: 150 labels, but modality 'hog' has 120 rows" \
+        in capsys.readouterr().err
+    assert main([*base, "--labels", f"audio={root / 'y_hog.txt'}"]) == 2
+    assert "no embedding has modality 'audio'" in capsys.readouterr().err
+    assert main([*base, "--labels", f"hog={root / 'missing.txt'}"]) == 3

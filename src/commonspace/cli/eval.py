@@ -13,6 +13,12 @@ EXAMPLES = """
   commonspace eval --embeddings clip:image=img.npy clip:text=txt.npy \\
       --tasks recall similarity --out report/
 
+  # unpaired modalities related by labels (e.g. a learned audio-image space) beside
+  # per-modality baselines: cross-modal mAP, within-modality mAP and probes in one table
+  commonspace eval --embeddings cnn:audio=space/audio.npy cnn:image=space/image.npy \
+      raw:audio=emb/fsdd_mean.npy --labels audio=emb/fsdd image=y_image.txt \
+      --tasks retrieval probe --out report/
+
   # Wikipedia-style mAP with the official split, zero-shot from class-name embeddings
   commonspace eval --embeddings m:image=img.npy m:text=txt.npy --labels labels.txt \\
       --train-index train.txt --test-index test.txt --class-embeddings m=classes.npy \\
@@ -32,7 +38,9 @@ def register(subparsers):
         "eval",
         help="evaluate embeddings: probes, k-NN, few/zero-shot, retrieval, clustering",
         description="Run evaluation tasks on one or several embeddings and write results.json, "
-        "results.md (embeddings side by side) and PNG plots into --out. Protocols: docs/metrics.md.",
+        "results.md (embeddings side by side) and PNG plots into --out. A space may hold any "
+        "modalities (NAME:MODALITY=PATH, repeated); labels are shared by every row (paired "
+        "data) or given per modality (unpaired data). Protocols: docs/metrics.md.",
         examples=EXAMPLES,
     )
     p.add_argument(
@@ -41,10 +49,13 @@ def register(subparsers):
         nargs="+",
         required=True,
         metavar="NAME[:MODALITY]=PATH",
-        help="embedding files (.npy/.parquet); NAME:image=... and NAME:text=... form one "
-        "two-modality space",
+        help="embeddings: .npy, .parquet or a `commonspace embed` / `fuse` output folder; "
+        "NAME:image=... NAME:text=... (any modality names) form one space",
     )
-    p.add_argument("--labels", metavar="PATH", help="one class per row: .npy, .txt or .parquet")
+    p.add_argument("--labels", action="extend", nargs="+", metavar="[MODALITY=]PATH",
+                   help="one class per row (.npy, .txt one per line, .parquet or an embed "
+                   "folder): PATH shared by every modality (paired rows), or MODALITY=PATH "
+                   "for each modality (unpaired data)")
     p.add_argument("--label-column", default="label", help="column of a .parquet labels file")
     p.add_argument("--tasks", nargs="+", metavar="TASK", help=TASK_HELP)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -105,92 +116,116 @@ def _pairs(items, what):
     return out
 
 
-def _load_vector(path, column="label"):
-    """A 1-D array from .npy, .txt (one value per line) or .parquet (``column``)."""
-    from pathlib import Path
+def _read_embeddings(specs) -> dict:
+    """``{name: matrix or {modality: matrix}}`` from the NAME[:MODALITY]=PATH specs."""
+    from commonspace.exceptions import InputError
+    from commonspace.readers import read_embeddings
 
-    import numpy as np
+    embeddings = {}
+    for spec, path in _pairs(specs, "--embeddings"):
+        name, _, modality = spec.partition(":")
+        if not name or ":" in modality:
+            raise InputError(f"--embeddings {spec}={path}: expected NAME=PATH or "
+                             "NAME:MODALITY=PATH")
+        slot = embeddings.setdefault(name, {})
+        if modality in slot:
+            raise InputError(f"--embeddings: {spec!r} is given twice")
+        if slot and ("" in slot or modality == ""):
+            raise InputError(f"--embeddings: {name!r} mixes {name}=PATH with {name}:MODALITY=PATH")
+        slot[modality] = read_embeddings(path, flag=f"--embeddings {spec}={path}",
+                                         modality=modality or None)
+    return {n: (e[""] if "" in e else e) for n, e in embeddings.items()}
 
-    from commonspace.exceptions import InputError, MissingFileError
 
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif suffix == ".txt":
-        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
-        try:
-            arr = np.array([int(v) for v in lines])
-        except ValueError:
-            arr = np.array(lines)
-    elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _read_eval_labels(args, embeddings):
+    """One shared labels array, ``{modality: labels}``, or None."""
+    from commonspace.exceptions import InputError
+    from commonspace.readers import read_labels
 
-        table = pq.read_table(path)
-        if column not in table.column_names:
-            raise InputError(f"{path} has no column {column!r} (columns: {table.column_names})")
-        arr = table.column(column).to_numpy(zero_copy_only=False)
-        if arr.dtype == object:
-            arr = arr.astype(str)
-    else:
-        raise InputError(f"{path}: unknown file type {suffix!r}; use .npy, .txt or .parquet")
-    if arr.ndim != 1:
-        raise InputError(f"{path} must hold a 1-D vector, got shape {arr.shape}")
-    return arr
+    if not args.labels:
+        return None
+    specs = [(None, v) if "=" not in v else tuple(v.split("=", 1)) for v in args.labels]
+    rows = {}
+    for e in embeddings.values():
+        for m, x in (e.items() if isinstance(e, dict) else [("", e)]):
+            if not (m == "text" and args.text_to_image):
+                rows.setdefault(m, set()).add(len(x))
+    if len(specs) == 1 and specs[0][0] is None:
+        path = specs[0][1]
+        counts = sorted(set().union(*rows.values()))
+        if len(counts) != 1:
+            raise InputError(f"--labels {path}: one shared labels file needs embeddings of one "
+                             f"row count, these have {counts}; give labels per modality: "
+                             "--labels MODALITY=PATH ...")
+        return read_labels(path, flag=f"--labels {path}", n=counts[0], of="each embedding",
+                           column=args.label_column)
+    labels = {}
+    for m, path in specs:
+        if not m:
+            raise InputError(f"--labels {path}: with several labels files, name the modality "
+                             "of each: --labels MODALITY=PATH")
+        if m in labels:
+            raise InputError(f"--labels {m}=...: given twice")
+        if m not in rows:
+            named = sorted(k for k in rows if k)
+            raise InputError(f"--labels {m}={path}: no embedding has modality {m!r} "
+                             f"(modalities: {', '.join(named) or 'none named'})")
+        n = sorted(rows[m])
+        labels[m] = read_labels(path, flag=f"--labels {m}={path}",
+                                n=n[0] if len(n) == 1 else None, of=f"modality {m!r}",
+                                column=args.label_column, modality=m)
+    return labels
 
 
 def run(args):
     from pathlib import Path
 
     from commonspace.exceptions import InputError
-    from commonspace.io import load_embeddings
     from commonspace.metrics import write_report
-    from commonspace.metrics.suite import CROSS_MODAL, LABELLED, TASKS, check_tasks, run_tasks
+    from commonspace.metrics.suite import LABELLED, TASKS, check_tasks, run_tasks
+    from commonspace.readers import read_embeddings, read_labels
 
     if args.tasks:
         check_tasks(args.tasks)  # an unknown name fails before any file is read
-    embeddings = {}
-    for spec, path in _pairs(args.embeddings, "--embeddings"):
-        name, _, modality = spec.partition(":")
-        if modality not in ("", "image", "text"):
-            raise InputError(f"--embeddings {spec}: modality must be 'image' or 'text'")
-        slot = embeddings.setdefault(name, {})
-        if modality in slot:
-            raise InputError(f"--embeddings: {spec!r} is given twice")
-        if slot and ("" in slot or modality == ""):
-            raise InputError(f"--embeddings: {name!r} mixes {name}=PATH with {name}:MODALITY=PATH")
-        slot[modality] = load_embeddings(path)
-    embeddings = {n: (e[""] if "" in e else e) for n, e in embeddings.items()}
-    labels = _load_vector(args.labels, args.label_column) if args.labels else None
-    two_modal = any(isinstance(e, dict) and len(e) == 2 for e in embeddings.values())
+    embeddings = _read_embeddings(args.embeddings)
+    labels = _read_eval_labels(args, embeddings)
+    per_modality = isinstance(labels, dict)
+
+    def paired(e):
+        counts = {len(x) for x in e.values()}
+        return len(e) >= 2 and not per_modality and (len(counts) == 1 or args.text_to_image)
+
     if args.tasks:
         tasks = args.tasks
     else:
+        spaces = [e for e in embeddings.values() if isinstance(e, dict)]
         tasks = [
             t
             for t in TASKS
             if (t not in LABELLED or labels is not None)
-            and (t not in CROSS_MODAL or two_modal)
+            and (t != "recall" or any(paired(e) for e in spaces))
+            and (t != "similarity" or any(len(e) >= 2 for e in spaces))
             and (t != "zeroshot" or args.class_embeddings)
         ]
         if not tasks:
             raise InputError(
-                f"no task can run on these inputs; give --labels or image/text pairs (valid tasks: {', '.join(TASKS)})"
+                "no task can run on these inputs; give --labels, or two modalities of one "
+                f"space with paired rows (valid tasks: {', '.join(TASKS)})"
             )
     class_embs = {
-        name: load_embeddings(path)
+        name: read_embeddings(path, flag=f"--class-embeddings {name}={path}")
         for name, path in _pairs(args.class_embeddings, "--class-embeddings")
     }
     unknown = set(class_embs) - set(embeddings)
     if unknown:
         raise InputError(f"--class-embeddings names {sorted(unknown)} match no --embeddings name")
     index = {
-        k: (_load_vector(getattr(args, k)) if getattr(args, k) else None)
+        k: (read_labels(getattr(args, k), flag=f"--{k.replace('_', '-')}")
+            if getattr(args, k) else None)
         for k in ("train_index", "test_index")
     }
-    t2i = _load_vector(args.text_to_image) if args.text_to_image else None
+    t2i = (read_labels(args.text_to_image, flag="--text-to-image") if args.text_to_image
+           else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = run_tasks(
