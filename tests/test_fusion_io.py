@@ -177,7 +177,8 @@ def test_cli_rejects_options_that_a_saved_fuser_fixes(files, capsys):
             str(files / "z.npy"), "--fuser", str(files / "f.npz"), "--no-progress"]
     assert main(args + ["--n-components", "64"]) == 0
     assert main(args + ["--method", "paper"]) == 2
-    assert "--method: fixed by the saved fuser" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--method paper (saved: auto): the saved --fuser" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("make,match", [
@@ -248,3 +249,110 @@ def test_cli_killed_by_a_signal_leaves_no_output(tmp_path, coco):
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert not (tmp_path / "z.npy").exists() and _no_temp_files(tmp_path)
+
+
+# ----------------------------------------------------------- issue 17: a repeatable `fuse`
+def _fuse(files, *extra):
+    return main(["-q", "fuse", "--cross", str(files / "img_clip.npy"), "--expert",
+                 str(files / "img_expert.npy"), "--modality", "image", "--no-progress", *extra])
+
+
+def test_cli_reuses_its_default_fuser_file_when_the_flags_match(files, coco):
+    out = files / "z.npy"
+    saved = files / "z.fuser.npz"
+    assert _fuse(files, "--n-components", "64", "--out", str(out)) == 0
+    first = saved.stat()
+    assert _fuse(files, "--n-components", "64", "--out", str(out)) == 0
+    again = saved.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # reused
+    assert _fuse(files, "--n-components", "128", "--out", str(out)) == 0  # another fuser asked
+    assert saved.stat().st_ino != first.st_ino and KrossFuse.load(saved).n_components == 128
+    images, _, expert = coco
+    np.testing.assert_allclose(np.load(out), KrossFuse.load(saved).transform(
+        "image", images, expert), atol=1e-6)
+
+
+def test_cli_accepts_flags_that_agree_with_a_saved_fuser(files, capsys):
+    common = ["--fuser", str(files / "f.npz"), "--out", str(files / "z.npy")]
+    assert _fuse(files, "--n-components", "64", "--C", "0.5", "--expert-dim", "text=384",
+                 *common) == 0
+    first = (files / "f.npz").stat().st_ino
+    assert _fuse(files, "--n-components", "64", "--C", "0.5", "--expert-dim", "text=384",
+                 *common) == 0
+    assert _fuse(files, *common) == 0
+    assert (files / "f.npz").stat().st_ino == first
+    capsys.readouterr()
+    assert _fuse(files, "--n-components", "128", "--expert-dim", "text=300", *common) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--n-components 128 (saved: 64); --expert-dim text widths [300] (saved: [384])" in err
+
+
+def test_cli_removes_its_stale_temporaries_at_start(files):
+    stale = [files / ".z.npy.k2j3h4.npy.tmp", files / ".z.fuser.npz.x8y9.npz.tmp"]
+    other = files / ".someone_else.npy.abc.npy.tmp"
+    for p in [*stale, other]:
+        p.write_bytes(b"left by a killed run")
+    assert _fuse(files, "--n-components", "64", "--out", str(files / "z.npy")) == 0
+    assert not any(p.exists() for p in stale) and other.exists()
+
+
+@pytest.mark.slow
+def test_cli_killed_with_sigkill_leaves_no_output_and_the_rerun_cleans_up(tmp_path, coco):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images, _, expert = coco
+    np.save(tmp_path / "x.npy", np.tile(images, (40, 1)))  # 20,000 rows: seconds of work
+    np.save(tmp_path / "e.npy", np.tile(expert, (40, 1)))
+    argv = [sys.executable, "-m", "commonspace.cli.main", "-q", "fuse", "--cross",
+            str(tmp_path / "x.npy"), "--expert", str(tmp_path / "e.npy"), "--modality", "image",
+            "--n-components", "1024", "--batch-size", "128", "--out", str(tmp_path / "z.npy"),
+            "--no-progress"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list(tmp_path.glob(".z.npy.*.tmp")):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "z.npy").exists() and list(tmp_path.glob(".z.npy.*.tmp"))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert _no_temp_files(tmp_path)
+    fuser = KrossFuse.load(tmp_path / "z.fuser.npz")
+    z = np.load(tmp_path / "z.npy", mmap_mode="r")
+    np.testing.assert_allclose(z[-500:], fuser.transform("image", images, expert), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_cli_fuses_a_commonspace_embed_folder(tmp_path, coco, capsys):
+    """A real `commonspace embed --texts` run (bundled MiniLM) as the text expert of CLIP."""
+    from test_index_shards import write_embed_dir
+
+    from commonspace.data import load_coco_clip_captions
+    from commonspace.shards_io import load_embedding_dir
+
+    _, captions, _ = coco
+    (tmp_path / "caps.txt").write_text("".join(c.replace("\n", " ") + "\n"
+                                               for c in load_coco_clip_captions()[:60]))
+    assert main(["-q", "embed", "--model", "st:all-MiniLM-L6-v2", "--texts",
+                 str(tmp_path / "caps.txt"), "--out", str(tmp_path / "emb" / "minilm_txt"),
+                 "--shard-size", "25"]) == 0
+    np.save(tmp_path / "clip_txt.npy", captions[:60])
+    assert main(["-q", "fuse", "--cross", str(tmp_path / "clip_txt.npy"), "--expert",
+                 str(tmp_path / "emb" / "minilm_txt"), "--modality", "text", "--n-components",
+                 "64", "--out", str(tmp_path / "fused.npy"), "--no-progress"]) == 0
+    minilm, _ = load_embedding_dir(tmp_path / "emb" / "minilm_txt")
+    fuser = KrossFuse.load(tmp_path / "fused.fuser.npz")
+    np.testing.assert_allclose(np.load(tmp_path / "fused.npy"),
+                               fuser.transform("text", captions[:60], minilm), atol=1e-6)
+    both = write_embed_dir(tmp_path / "both", [captions[:60], captions[:60]],
+                           ["image"] * 60 + ["text"] * 60)
+    capsys.readouterr()
+    assert main(["fuse", "--expert", str(both), "--out", str(tmp_path / "f2.npy")]) == 2
+    assert f"--expert {both}: the folder holds several modalities ['image', 'text']" in \
+        capsys.readouterr().err
