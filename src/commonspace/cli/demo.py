@@ -53,7 +53,16 @@ def register(subparsers):
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     from commonspace.apps.demo import TEXT_CHARS, run_demo
+    from commonspace.exceptions import InputError, MissingFileError
+
+    if args.images:  # a missing folder is exit 3, before any model is loaded or checked
+        if not Path(args.images).exists():
+            raise MissingFileError(f"--images {args.images}: folder not found")
+        if not Path(args.images).is_dir():
+            raise InputError(f"--images {args.images}: not a folder")
 
     results = run_demo(args.out, dataset=args.dataset, quick=args.quick, models=args.models,
                        images=args.images, n_components=args.n_components,
