@@ -45,3 +45,13 @@ def test_a_missing_path_is_exit_3_in_one_line_naming_the_flag(present, capsys, a
     assert code == 3, err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert flag.format(**fill) in err
+
+
+@pytest.mark.slow
+def test_embed_errors_name_the_flag_not_the_python_argument(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("hello\n\nworld\n")
+    code = main(["-q", "embed", "--model", "st:all-MiniLM-L6-v2", "--texts",
+                 str(tmp_path / "t.txt"), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "empty text; pass --on-error skip to leave it out" in err and "on_error" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from commonspace.cli._common import add_command
+from commonspace.cli._flags import speak_flags
 
 EXAMPLES = """
   # texts, one per line, with the bundled all-MiniLM-L6-v2 (offline)
@@ -100,7 +101,6 @@ def engine_options(args) -> dict:
 
 def run(args) -> int:
     from commonspace.exceptions import InputError
-    from commonspace.pipeline.embed import embed_dataset
     from commonspace.pipeline.readers import (
         read_audio_folder,
         read_image_folder,
@@ -119,16 +119,23 @@ def run(args) -> int:
     model = args.model or ("mfcc" if args.audio else None)
     if model is None:
         raise InputError("--model is required (e.g. st:all-MiniLM-L6-v2 or openclip:ViT-B-32/openai)")
-    manifest = embed_dataset(
-        items, model, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
-        format=args.format, device=args.device, precision=args.precision,
-        num_workers=args.num_workers, on_error=args.on_error, normalize=not args.no_normalize,
-        modalities=args.modalities, **engine_options(args),
-        show_progress_bar=not getattr(args, "quiet", False),
-    )
+    with speak_flags({"on_error='skip'": "--on-error skip"}):
+        manifest = _embed(args, items, model)
     print(
         f"{manifest['n_rows']} embeddings ({manifest['model']['dim']}-d, {manifest['model']['name']}) "
         f"in {args.out}: {manifest['n_computed']} shards computed, {manifest['n_reused']} reused, "
         f"{manifest['n_skipped']} inputs skipped"
     )
     return 0
+
+
+def _embed(args, items, model) -> dict:
+    from commonspace.pipeline.embed import embed_dataset
+
+    return embed_dataset(
+        items, model, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
+        format=args.format, device=args.device, precision=args.precision,
+        num_workers=args.num_workers, on_error=args.on_error, normalize=not args.no_normalize,
+        modalities=args.modalities, **engine_options(args),
+        show_progress_bar=not getattr(args, "quiet", False),
+    )
