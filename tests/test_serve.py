@@ -86,16 +86,21 @@ def test_vector_hits_equal_commonspace_search_json(built, client):
 
 def test_uploaded_image_and_recording_find_themselves(built, client):
     answer = client.post("/api/search", json={"image": b64(built["image_files"][13]),
-                                              "k": 3}).json()
+                                              "k": 3, "modality": "all"}).json()
     assert answer["query"] == "image: upload"
     assert answer["hits"][0]["row"] == 13
     assert answer["hits"][0]["score"] == pytest.approx(1.0, abs=1e-5)
     data_url = "data:audio/wav;base64," + b64(built["audio_files"][7])
-    answer = client.post("/api/search", json={"audio": data_url, "k": 2}).json()
+    answer = client.post("/api/search", json={"audio": data_url, "k": 2,
+                                              "modality": "audio"}).json()
     assert answer["hits"][0]["row"] == 60 + 7
     answer = client.post("/api/search", json={"audio": b64(built["audio_files"][7]), "k": 3,
                                               "modality": "text"}).json()
     assert {h["modality"] for h in answer["hits"]} == {"text"}
+    # by default a query leaves its own modality out (as `commonspace search` does)
+    answer = client.post("/api/search", json={"image": b64(built["image_files"][13]),
+                                              "k": 20}).json()
+    assert answer["hits"] and "image" not in {h["modality"] for h in answer["hits"]}
 
 
 BAD = [

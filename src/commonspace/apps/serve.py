@@ -103,8 +103,8 @@ class SearchRequest(BaseModel):
     audio: str | None = Field(None, description="an audio file (WAV, FLAC, OGG), base64")
     k: int = Field(10, strict=True, description=f"number of hits, 1..{MAX_K}")
     modality: str | list[str] | None = Field(
-        None, description="search only these modalities (default: every modality of the "
-        "query's dimension)")
+        None, description="search only these modalities, or \"all\" (default: every modality "
+        "of the query's dimension other than a text, image or audio query's own)")
 
 
 class Hit(BaseModel):
@@ -209,8 +209,8 @@ class SearchService:
         return int(k)
 
     def _check_modality(self, modality):
-        if modality is None:
-            return None
+        if modality is None or modality == "all":  # None: the modalities other than the query's
+            return modality
         names = [modality] if isinstance(modality, str) else list(modality)
         if not names or any(not isinstance(m, str) or not m for m in names):
             raise InputError("modality must be a non-empty name or list of names")

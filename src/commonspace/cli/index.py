@@ -16,6 +16,13 @@ EXAMPLES = """
   # a large sharded folder: IVF trained on a seeded sample of 100,000 rows, then the shards
   # added one at a time (memory: one shard + the index)
   commonspace index --embeddings emb/ --factory IVF4096,Flat --train-sample 100000 --out idx/
+  # a learned space (`train` then `transform`): text queries by MiniLM, audio queries by MFCC,
+  # both through the saved model, as the rows were
+  commonspace index --embeddings space/audio space/text --out idx/ \
+      --query-model text=st:all-MiniLM-L6-v2 audio=mfcc --query-transform model/
+  # digit images as 8 pixel rows through the same model
+  commonspace index --embeddings space/image.npy --out idx/ \
+      --query-model image=pixels:8x8 --query-transform model/
 """
 
 
@@ -46,17 +53,38 @@ def register(subparsers):
                    help="embed folders: rows (per modality) of the seeded sample an IVF/PQ index "
                    "is trained on before the shards are added one by one")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample")
-    p.add_argument("--query-model", default=None,
-                   help="encoder that embeds text/image queries into this space "
-                        "(only when the indexed vectors are that encoder's embeddings)")
+    q = p.add_argument_group(
+        "query recipe", "how `search` and `serve` embed raw text, image and audio queries: an "
+        "encoder per kind, then the saved models (in order) that made the indexed rows; checked "
+        "now (encoder and tower exist, files exist, dimensions chain to the index's)")
+    q.add_argument("--query-model", action="extend", nargs="+", default=[],
+                   metavar="[KIND=]ENCODER",
+                   help="encoder of raw queries: a model name (st:..., openclip:..., hf:..., a "
+                        "local folder, mfcc, a short name) or pixels[:HxW] (grey images as "
+                        "H pixel rows, the digits layout, 8x8); KIND text, image or audio "
+                        "(default: every kind the encoder has a tower for)")
+    q.add_argument("--query-transform", action="extend", nargs="+", default=[],
+                   metavar="MODEL",
+                   help="saved models applied after the encoder, in order: a `train` --out "
+                        "folder or model.pt (CNN or ensemble), or a .fuser.npz (last)")
+    q.add_argument("--query-modality", action="extend", nargs="+", default=[],
+                   metavar="KIND=NAME",
+                   help="the models' modality for a query kind (default: the kind's name)")
+    q.add_argument("--query-output", choices=("auto", "embedding", "posterior"),
+                   default="auto",
+                   help="network models' output, as `commonspace transform --output`")
+    q.add_argument("--query-expert", action="extend", nargs="+", default=[],
+                   metavar="KIND=ENCODER",
+                   help="a fuser's expert encoder for a query kind")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from commonspace.exceptions import InputError
-    from commonspace.index import EmbeddingIndex, QueryEmbedder
+    from commonspace.exceptions import InputError, MissingFileError
+    from commonspace.index import EmbeddingIndex
+    from commonspace.index.recipes import build_query_embedder, check_query_dims
     from commonspace.index.sources import read_column_file, read_embedding_source, split_spec
     from commonspace.pipeline.index_shards import add_embed_dir
 
@@ -67,10 +95,18 @@ def run(args) -> int:
             if name is None:
                 raise InputError(f"--{option} needs MODALITY=PATH, got {spec!r}")
             extra.setdefault(name, {})[option] = read_column_file(path)
+    for spec in args.embeddings:  # a missing input is said before any model is loaded
+        path = Path(split_spec(spec, "--embeddings")[1])
+        if not path.exists():
+            raise MissingFileError(f"--embeddings {spec}: no such file or folder")
+    embedder = _query_embedder(args, build_query_embedder)  # checked before the rows are read
+    out_dir = Path(args.out)
     index = EmbeddingIndex(factory=args.factory, normalize=not args.no_normalize,
                            nprobe=args.nprobe, ef_search=args.ef_search,
-                           info={"sources": [str(s) for s in args.embeddings],
-                                 "query_model": args.query_model})
+                           info={"sources": [_relative_spec(s, out_dir) for s in args.embeddings],
+                                 "query_model": args.query_model or None,
+                                 "query_transform": [_relative_spec(t, out_dir)
+                                                     for t in args.query_transform] or None})
     for spec in args.embeddings:
         name, path = split_spec(spec, "--embeddings")
         if Path(path).is_dir():  # an embed folder: shard by shard, bounded memory
@@ -85,10 +121,53 @@ def run(args) -> int:
     if unknown:
         raise InputError(f"metadata given for unknown modality {sorted(unknown)}; "
                          f"the index has {index.modalities}")
-    if args.query_model:
-        index.query_embedder = QueryEmbedder.from_encoder(args.query_model)
-    out = index.save(Path(args.out))
+    if embedder is not None:
+        check_query_dims(embedder, index.dims_)
+        index.query_embedder = embedder
+    out = index.save(out_dir)
     counts = ", ".join(f"{m}: {index.indexes_[m].ntotal} x {index.dims_[m]}"
                        for m in index.modalities)
     print(f"index written to {out} ({args.factory}; {counts})")
     return 0
+
+
+def _query_embedder(args, build):
+    """The checked query recipe of --query-model / --query-transform / ..., or None."""
+    from commonspace.exceptions import InputError
+    from commonspace.index.recipes import parse_kind_spec
+
+    if not args.query_model:
+        extra = [f for f, v in (("--query-transform", args.query_transform),
+                                ("--query-modality", args.query_modality),
+                                ("--query-expert", args.query_expert)) if v]
+        if extra:
+            raise InputError(f"{', '.join(extra)}: give --query-model, the encoder the recipe "
+                             "starts with")
+        return None
+
+    def table(values, flag):
+        out = {}
+        for v in values:
+            kind, value = parse_kind_spec(v, flag)
+            if kind is None:
+                raise InputError(f"{flag} expects KIND=VALUE with KIND text, image or audio, "
+                                 f"got {v!r}")
+            out[kind] = value
+        return out
+
+    encoders = [parse_kind_spec(v, "--query-model") for v in args.query_model]
+    return build(encoders, args.query_transform,
+                 modalities=table(args.query_modality, "--query-modality"),
+                 experts=table(args.query_expert, "--query-expert"), output=args.query_output)
+
+
+def _relative_spec(spec: str, index_folder) -> str:
+    """``[NAME=]PATH`` with an existing PATH written relative to the index folder."""
+    import os
+    from pathlib import Path
+
+    name, sep, path = spec.partition("=") if "=" in spec else ("", "", spec)
+    if not Path(path).exists():
+        return spec
+    rel = Path(os.path.relpath(os.path.abspath(path), os.path.abspath(index_folder))).as_posix()
+    return f"{name}{sep}{rel}"

@@ -5,10 +5,16 @@ from __future__ import annotations
 from commonspace.cli._common import add_command
 
 EXAMPLES = """
-  commonspace search --index idx/ --text "a handwritten seven" -k 5
+  commonspace search --index idx/ --text "a handwritten seven" -k 5   # images, audio: not text
+  commonspace search --index idx/ --text "a handwritten seven" --modality all
   commonspace search --index idx/ --image query.png --modality text --json
+  commonspace search --index idx/ --audio 7_jackson_0.wav -k 5
   commonspace search --index idx/ --vector query.npy -k 10          # rows of a .npy/.parquet
+  commonspace search --index idx/ --vector space/audio               # an embed-style folder
   commonspace search --index idx/ --vector 0.1,0.3,-0.2,...          # one literal vector
+
+The one-shot command loads the query model on every call (a few seconds for MiniLM; see
+docs/search.md); `commonspace serve` loads it once and answers many queries.
 """
 
 
@@ -26,11 +32,13 @@ def register(subparsers):
     q.add_argument("--text", help="a text query")
     q.add_argument("--image", help="an image file")
     q.add_argument("--audio", help="an audio file")
-    q.add_argument("--vector", help="a .npy/.parquet file of query vectors, or comma-separated "
-                                    "numbers")
+    q.add_argument("--vector", help="query vectors: a .npy ((n, d) or one (d,) vector), a "
+                                    ".parquet, an embed-style folder, or comma-separated numbers")
     p.add_argument("-k", type=int, default=10, help="number of results per query")
     p.add_argument("--modality", nargs="+", default=None,
-                   help="search only these modalities (default: all of the query's dimension)")
+                   help="search only these modalities, or all (default: every modality of the "
+                   "query's dimension other than the query's own: text for --text, image for "
+                   "--image, audio for --audio, a --vector folder's modality)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-mmap", action="store_true", help="read the index into memory")
     p.set_defaults(func=run)
@@ -44,7 +52,7 @@ def run(args) -> int:
 
     from commonspace.exceptions import InputError
     from commonspace.index import EmbeddingIndex
-    from commonspace.io import load_embeddings
+    from commonspace.readers import read_embeddings
 
     if args.k < 1:
         raise InputError(f"-k must be at least 1, got {args.k}")
@@ -53,14 +61,17 @@ def run(args) -> int:
         if value is not None and not value.strip():
             raise InputError(f"empty --{kind} query")
     index = EmbeddingIndex.load(args.index, mmap=not args.no_mmap)
-    modality = args.modality
+    modality = "all" if args.modality == ["all"] else args.modality
     if args.vector is not None:
         path = Path(args.vector)
-        if path.suffix.lower() in (".npy", ".parquet"):
-            vectors = load_embeddings(path)
+        own = None
+        if path.suffix.lower() in (".npy", ".parquet") or path.is_dir():
+            vectors = read_embeddings(path, flag="--vector", allow_1d=True)
             if vectors.shape[0] == 0:
                 raise InputError(f"empty query: {path} has no rows")
             labels = [f"{path.name}[{i}]" for i in range(len(vectors))]
+            if path.is_dir():
+                own, labels = _folder_rows(path, labels)
         else:
             try:
                 vectors = np.array([float(v) for v in args.vector.split(",")])[None, :]
@@ -68,7 +79,7 @@ def run(args) -> int:
                 raise InputError(f"--vector is neither a .npy/.parquet file nor comma-separated "
                                  f"numbers: {exc}") from exc
             labels = ["vector"]
-        results = index.search(vectors, k=args.k, modality=modality)
+        results = index.search(vectors, k=args.k, modality=modality, query_modality=own)
     else:
         kind = next(k for k in ("text", "image", "audio") if getattr(args, k) is not None)
         query = getattr(args, kind)
@@ -81,6 +92,18 @@ def run(args) -> int:
         for ans in answers:
             print(format_table(ans))
     return 0
+
+
+def _folder_rows(path, labels):
+    """The single modality of an embed-style folder (None if several) and its rows' ids."""
+    from commonspace.shards_io import load_metadata
+
+    meta = load_metadata(path)
+    mods = set(meta.get("modality") or [])
+    ids = meta.get("id") or []
+    if len(ids) == len(labels):
+        labels = [f"{path.name}:{i}" for i in ids]
+    return (mods.pop() if len(mods) == 1 else None), labels
 
 
 def format_table(answer: dict) -> str:

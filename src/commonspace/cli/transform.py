@@ -66,7 +66,7 @@ def run(args) -> int:
     import logging
 
     from commonspace.exceptions import InputError
-    from commonspace.index.query import load_model
+    from commonspace.index.recipes import load_model
     from commonspace.pipeline.transform import (
         output_kind,
         read_row_metadata,

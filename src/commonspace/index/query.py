@@ -18,8 +18,8 @@ Steps run left to right on a batch of raw queries:
 - ``{"op": "flatten"}``  (n, ...) -> (n, prod)
 - ``{"op": "sequence"}``  (n, d) -> (n, 1, d): vectors as length-1 sequences (cross-model CNN)
 - ``{"op": "transform", "object": NAME, "modality": M}``  ``objects[NAME].transform(x[, modality=M])``;
-  with ``"method": "predict_proba"`` (or ``"decision_function"``) that method instead: a
-  cross-model CNN's class posteriors as the index's space
+  with ``"method": "predict_proba"`` (or ``"embed"``, ``"decision_function"``) that method
+  instead: a cross-model CNN's class posteriors (or network outputs) as the index's space
 - ``{"op": "normalize"}``  L2-normalise rows
 
 ``objects`` are fitted estimators saved beside the recipe: :class:`commonspace.KrossFuse`,
@@ -42,7 +42,7 @@ from commonspace.normalize import l2_normalize
 
 KINDS = ("text", "image", "audio")
 OPS = ("encoder", "pixels", "flatten", "sequence", "transform", "normalize")
-METHODS = ("transform", "predict_proba", "decision_function")  # of a "transform" step
+METHODS = ("transform", "embed", "predict_proba", "decision_function")  # of a "transform" step
 # commonspace estimators saved through their own save / load (no pickle)
 SAVED_TYPES = ("KrossFuse", "CrossModelCNN", "CrossModelEnsemble")
 
@@ -174,7 +174,8 @@ class QueryEmbedder:
                 with atomic_path(folder / f"{name}.pkl") as tmp:
                     tmp.write_bytes(pickle.dumps(obj))
                 saved[name] = {"type": "pickle", "path": f"{name}.pkl"}
-        save_json(folder / "query.json", {"recipes": self.recipes, "objects": saved})
+        recipes = _map_encoder_paths(self.recipes, lambda step: _relative(step, folder.parent))
+        save_json(folder / "query.json", {"recipes": recipes, "objects": saved})
         return folder
 
     @classmethod
@@ -199,52 +200,40 @@ class QueryEmbedder:
                     objects[name] = pickle.loads(path.read_bytes())
                 except Exception as exc:
                     raise InputError(f"query object {path} is corrupt: {exc}") from exc
-        return cls(spec["recipes"], objects or None)
+        recipes = _map_encoder_paths(spec["recipes"], lambda step: _resolve(step, folder.parent))
+        return cls(recipes, objects or None)
 
 
-def load_model(path, flag: str = "model"):
-    """A saved common-space model: ``(object, path of its file)``.
+def _map_encoder_paths(recipes: dict, fn) -> dict:
+    """A copy of ``recipes`` with ``fn`` applied to every encoder step (``{"op": "encoder"}``)."""
+    import copy
 
-    path : a `commonspace train` output folder (its ``model.pt``), a ``.pt`` file of a
-        :class:`~commonspace.CrossModelCNN` or :class:`~commonspace.CrossModelEnsemble` (told
-        apart by its format tag), or a ``.npz`` :class:`~commonspace.KrossFuse` fuser (what
-        `commonspace fuse` writes, ``OUT.fuser.npz``). ``flag`` names it in errors.
-    """
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "model.pt").is_file():
-            raise MissingFileError(f"{flag} {path}: the folder has no model.pt (give the "
-                                   "--out folder of `commonspace train`, a .pt or a .fuser.npz)")
-        path = path / "model.pt"
-    if not path.exists():
-        raise MissingFileError(f"{flag} {path}: no such file or folder")
-    import commonspace
-
-    if path.suffix.lower() == ".npz":
-        kind = "KrossFuse"
-    else:
-        kind = _torch_format(path, flag)
-    try:
-        return getattr(commonspace, kind).load(path), path
-    except (InputError, MissingFileError) as exc:
-        raise type(exc)(f"{flag} {path}: {exc}") from None
+    recipes = copy.deepcopy(recipes)
+    for recipe in recipes.values():
+        fuse = recipe.get("fuse") or {}
+        for steps in (recipe.get("steps"), fuse.get("cross"), fuse.get("expert")):
+            for step in steps or []:
+                if step.get("op") == "encoder":
+                    fn(step)
+    return recipes
 
 
-def _torch_format(path: Path, flag: str) -> str:
-    """``CrossModelCNN`` or ``CrossModelEnsemble``: the class a ``.pt`` file's tag names."""
-    import torch
+def _relative(step: dict, index_folder: Path) -> None:
+    """A local model folder (an absolute path) is stored relative to the index folder, so the
+    two can move together and a search from any working directory finds it."""
+    if Path(step["model"]).is_absolute():
+        import os
 
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InputError(f"{flag} {path}: not a saved commonspace model "
-                         f"({type(exc).__name__})") from None
-    tag = state.get("format", "") if isinstance(state, dict) else ""
-    kind = str(tag).partition("commonspace.")[2].partition("/")[0]
-    if kind not in ("CrossModelCNN", "CrossModelEnsemble"):
-        raise InputError(f"{flag} {path}: not a saved CrossModelCNN or CrossModelEnsemble "
-                         f"(format {tag!r})")
-    return kind
+        step["model"] = Path(os.path.relpath(step["model"], os.path.abspath(index_folder))
+                             ).as_posix()
+        step["relative_to"] = "index"
+
+
+def _resolve(step: dict, index_folder: Path) -> None:
+    if step.pop("relative_to", None) == "index":
+        import os
+
+        step["model"] = os.path.normpath(os.path.abspath(index_folder / step["model"]))
 
 
 def read_pixels(paths, size=(8, 8), scale: float = 16.0) -> np.ndarray:

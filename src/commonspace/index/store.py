@@ -197,11 +197,15 @@ class EmbeddingIndex:
 
     # ------------------------------------------------------------------ searching
     def search(self, queries, k: int = 10, modality=None, *, nprobe: int | None = None,
-               ef_search: int | None = None) -> SearchResults:
+               ef_search: int | None = None, query_modality: str | None = None) -> SearchResults:
         """Top-``k`` rows for each query vector.
 
         queries : (nq, d) or (d,) float array in the index's space.
-        modality : a name or list of names to search; default every modality of dimension d.
+        modality : a name or list of names to search, or ``"all"``: every modality of
+            dimension d. Default (``None``): every modality of dimension d except
+            ``query_modality`` (the queries' own: a text query finds images and sounds, not
+            its own caption), unless that leaves none.
+        query_modality : the modality the queries come from, if any.
         nprobe, ef_search : this search's IVF lists / HNSW depth; default the index's
             ``nprobe`` / ``ef_search``. Passed per call, so searches in other threads keep theirs.
         """
@@ -214,7 +218,7 @@ class EmbeddingIndex:
             q = q[None, :]
         q = check_matrix(q, "query")
         d = q.shape[1]
-        targets = self._targets(modality, d)
+        targets = self._targets(modality, d, query_modality)
         q = self._prepare(q, "query")
         for name, value in (("nprobe", nprobe), ("ef_search", ef_search)):
             if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
@@ -244,14 +248,15 @@ class EmbeddingIndex:
         rows[~np.isfinite(scores)] = -1
         return SearchResults(scores=scores, rows=rows, metadata=self.metadata)
 
-    def _targets(self, modality, d: int) -> list[str]:
-        if modality is None:
+    def _targets(self, modality, d: int, query_modality=None) -> list[str]:
+        if modality is None or modality == "all" or modality == ["all"]:
             targets = [m for m in self.indexes_ if self.dims_[m] == d]
             if not targets:
                 raise InputError(
                     f"the query has dimension {d}, but the index was built from dimension "
                     f"{_dims_text(self.dims_)}; embed the query with the index's model")
-            return targets
+            others = [m for m in targets if m != query_modality]
+            return others if modality is None and others else targets
         targets = [modality] if isinstance(modality, str) else list(modality)
         for m in targets:
             if m not in self.indexes_:
@@ -265,7 +270,8 @@ class EmbeddingIndex:
     def search_query(self, query, kind: str, k: int = 10, modality=None) -> SearchResults:
         """Search with a raw query: ``kind`` "text" (a string), "image" or "audio" (a file path).
 
-        Uses the index's :class:`~commonspace.index.query.QueryEmbedder`.
+        Uses the index's :class:`~commonspace.index.query.QueryEmbedder`. ``modality`` as in
+        :meth:`search`, the query's own modality being ``kind``.
         """
         if isinstance(query, str) and not query.strip():
             raise InputError(f"empty {kind} query")
@@ -274,7 +280,7 @@ class EmbeddingIndex:
                 f"this index cannot embed {kind} queries: it was built without a query model "
                 "(rebuild it with --query-model, or search with --vector)")
         vec = self.query_embedder.embed([query], kind)
-        return self.search(vec, k=k, modality=modality)
+        return self.search(vec, k=k, modality=modality, query_modality=kind)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> Path:

@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from commonspace._validation import check_choice
 from commonspace.exceptions import InputError
+from commonspace.index.recipes import OUTPUTS, input_dim, model_method, output_dim
 from commonspace.pipeline import shards as shard_io
 
-OUTPUTS = ("auto", "embedding", "posterior")
+__all__ = ["OUTPUTS", "output_kind", "read_row_metadata", "transform_sequences"]
 
 
 def output_kind(out) -> str:
@@ -49,22 +49,6 @@ def output_kind(out) -> str:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: not a folder, and not a .npy / .parquet file")
     return "folder"
-
-
-def model_method(model, output: str):
-    """The bound method of ``model`` that computes ``output`` rows from sequences."""
-    check_choice(output, "output", OUTPUTS)
-    kind = type(model).__name__
-    if output == "posterior":
-        if kind == "CrossModelCNN":
-            model._check_classifier()
-            if model.loss != "softmax":
-                raise InputError("--output posterior needs a model fitted with --loss softmax; "
-                                 f"this one has loss {model.loss!r}")
-        return model.predict_proba
-    if output == "embedding" and kind == "CrossModelCNN":
-        return model.embed
-    return model.transform
 
 
 def transform_sequences(model, sequences, out, *, modality: str, output: str = "auto",
@@ -87,11 +71,11 @@ def transform_sequences(model, sequences, out, *, modality: str, output: str = "
     fitted = list(getattr(model, "modalities_", []))
     if modality not in fitted:
         raise InputError(f"--modality {modality!r}: the model was fitted on {fitted}")
-    method = model_method(model, output)
+    method = getattr(model, model_method(model, output))
     n = len(sequences)
     if n == 0:
         raise InputError("--input holds no items")
-    d = _instance_dim(model, modality)
+    d = input_dim(model, modality)
     if sequences[0].shape[1] != d:
         raise InputError(f"--input: items have instance dimension {sequences[0].shape[1]}, but "
                          f"modality {modality!r} of the model was fitted on dimension {d}")
@@ -101,8 +85,7 @@ def transform_sequences(model, sequences, out, *, modality: str, output: str = "
     chunks = [{"chunk": k, "start": s, "stop": min(n, s + step)}
               for k, s in enumerate(range(0, n, step))]
     resolved = _resolved_output(model, output)
-    width = len(model.classes_) if resolved == "posterior" else (
-        int(model.dim_) if resolved == "ensemble" else int(model.dim))
+    width = output_dim(model, method.__name__)
     bar = tqdm(total=n, desc=f"transform ({modality})", unit="item",
                disable=not show_progress_bar)
 
@@ -125,11 +108,6 @@ def transform_sequences(model, sequences, out, *, modality: str, output: str = "
         bar.close()
     return {"out": str(out), "n_rows": n, "n_features": width, "n_chunks": len(chunks),
             "output": resolved}
-
-
-def _instance_dim(model, modality: str) -> int:
-    first = model.estimators_[0] if hasattr(model, "estimators_") else model
-    return int(first.n_features_[modality])
 
 
 def _resolved_output(model, output: str) -> str:
