@@ -319,11 +319,12 @@ def test_eval_reads_embed_folders(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())["clip"]
     lib = image_text_recall(images, captions, np.arange(500))
     assert res["recall"]["image_to_text"]["R@1"] == lib["image_to_text"][1]
-    capsys.readouterr()
-    assert main(["eval", "--embeddings", f"clip={folder}", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1
-    assert f"--embeddings clip={folder}: the folder holds several modalities" in err
+    # NAME=folder of several modalities: each becomes a modality of the space NAME
+    assert main(["-q", "eval", "--embeddings", f"whole={folder}", "--tasks", "recall",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["whole"]
+    assert res["recall"]["image_to_text"]["R@5"] == lib["image_to_text"][5]
+    assert res["recall"]["text_to_image"]["R@1"] == lib["text_to_image"][1]
 
 
 def test_eval_labels_errors_name_the_flag(msrc_unpaired, capsys):
@@ -339,3 +340,25 @@ def test_eval_labels_errors_name_the_flag(msrc_unpaired, capsys):
     assert main([*base, "--labels", f"audio={root / 'y_hog.txt'}"]) == 2
     assert "no embedding has modality 'audio'" in capsys.readouterr().err
     assert main([*base, "--labels", f"hog={root / 'missing.txt'}"]) == 3
+
+
+def test_eval_aligns_the_modalities_of_one_folder_by_id(tmp_path):
+    """A folder whose text rows come in another order than their images (same ids): rows are
+    matched by id, as `embed --manifest` names an image and its caption."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from test_index_shards import write_embed_dir
+
+    images, captions = load_coco_clip_pairs()
+    folder = write_embed_dir(tmp_path / "emb", [images, captions[::-1]],
+                             ["image"] * 500 + ["text"] * 500)
+    table = pq.read_table(folder / "metadata.parquet")
+    ids = [f"p{i}" for i in range(500)] + [f"p{i}" for i in range(499, -1, -1)]
+    table = table.set_column(table.column_names.index("id"), "id", pa.array(ids))
+    pq.write_table(table, folder / "metadata.parquet")
+    out = tmp_path / "report"
+    assert main(["-q", "eval", "--embeddings", f"clip={folder}", "--tasks", "recall",
+                 "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())["clip"]
+    lib = image_text_recall(images, captions, np.arange(500))
+    assert res["recall"]["image_to_text"]["R@1"] == lib["image_to_text"][1] == pytest.approx(0.552)

@@ -132,9 +132,35 @@ def _read_embeddings(specs) -> dict:
             raise InputError(f"--embeddings: {spec!r} is given twice")
         if slot and ("" in slot or modality == ""):
             raise InputError(f"--embeddings: {name!r} mixes {name}=PATH with {name}:MODALITY=PATH")
-        slot[modality] = read_embeddings(path, flag=f"--embeddings {spec}={path}",
-                                         modality=modality or None)
+        flag = f"--embeddings {spec}={path}"
+        folder = _folder_modalities(path) if not modality else {}
+        if len(folder) > 1:  # NAME=emb/ of several modalities: each one a modality of NAME
+            order = next(iter(folder.values()))
+            for m, ids in folder.items():
+                x = read_embeddings(path, flag=flag, modality=m)
+                if ids != order and sorted(ids) == sorted(order):  # same items: align rows
+                    where = {v: i for i, v in enumerate(ids)}
+                    x = x[[where[v] for v in order]]
+                slot[m] = x
+            continue
+        slot[modality] = read_embeddings(path, flag=flag, modality=modality or None)
     return {n: (e[""] if "" in e else e) for n, e in embeddings.items()}
+
+
+def _folder_modalities(path) -> dict:
+    """``{modality: ids}`` of an embed folder (in row order); {} for a file."""
+    from pathlib import Path
+
+    from commonspace.shards_io import load_metadata
+
+    path = Path(path)
+    if not (path / "manifest.json").is_file() or not (path / "metadata.parquet").is_file():
+        return {}
+    meta = load_metadata(path)
+    out = {}
+    for m, i in zip(meta.get("modality") or [], meta.get("id") or [], strict=False):
+        out.setdefault(m or "", []).append(i)
+    return out
 
 
 def _read_eval_labels(args, embeddings):
