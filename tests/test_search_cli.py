@@ -121,7 +121,7 @@ def test_text_query_through_the_query_model(tmp_path):
     assert code == 0, err
     hits = json.loads(out)["hits"]
     assert hits[0]["row"] == 1 and hits[0]["modality"] == "text"
-    assert hits[0]["id"] == meta["id"][1] and hits[0]["source"] == meta["source"][1]
+    assert hits[0]["id"] == meta["id"][1] and hits[0]["source"] == sentences[1]  # the text
     expected = encoder.encode_texts(["cats napping on a couch"])
     assert hits[0]["score"] == pytest.approx(float(expected[0] @ emb[1]), abs=1e-4)
 

@@ -1,8 +1,9 @@
 """Reading the inputs of `commonspace index`: embedding files with their per-row metadata.
 
 Sources: a ``.npy`` matrix; a ``.parquet`` file (column ``embedding`` plus optional ``id``,
-``label``, ``source`` or ``text`` columns); or an output folder of `commonspace embed`, whose
-``modality``, ``id``, ``source`` and ``label`` columns come with it.
+``label``, ``text`` or ``source`` columns); or an output folder of `commonspace embed`, whose
+``modality``, ``id``, ``source`` and ``label`` columns come with it (a hit shows a row's
+``text`` where metadata.parquet has one: the caption, not ``captions.txt:70``).
 """
 
 from __future__ import annotations
@@ -65,15 +66,27 @@ def _parquet_metadata(path: Path) -> dict:
         meta["ids"] = table.column("id").to_pylist()
     if "label" in names:
         meta["labels"] = table.column("label").to_pylist()
-    for col in ("source", "text"):
+    for col in ("text", "source"):  # the text itself, where there is one, before a path
         if col in names:
             meta["sources"] = table.column(col).to_pylist()
             break
     return meta
 
 
+def shown_sources(meta: dict):
+    """What a hit shows as its source: the text itself where metadata.parquet has one (rows
+    of `embed --texts` or a manifest's captions), else the ``source`` (a path, ``file:line``)."""
+    sources, texts = meta.get("source"), meta.get("text")
+    if texts is None:
+        return sources
+    if sources is None:
+        return texts
+    return [t if t is not None else s for s, t in zip(sources, texts, strict=True)]
+
+
 def _read_embed_dir(path: Path, modality: str | None):
     emb, meta = load_embedding_dir(path)
+    meta["shown"] = shown_sources(meta)
     emb = np.asarray(emb)
     n = len(emb)
     mods = list(meta.get("modality") or [modality or "default"] * n)
@@ -90,4 +103,4 @@ def _read_embed_dir(path: Path, modality: str | None):
             return None if values is None else [values[i] for i in rows]
 
         yield m, emb[rows], {"ids": pick("id"), "labels": pick("label"),
-                             "sources": pick("source")}
+                             "sources": pick("shown")}

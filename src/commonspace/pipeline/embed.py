@@ -288,7 +288,7 @@ def compute_shard(encoder, items, hashes, problems, *, batch_size=64, num_worker
     for i, item in enumerate(items):
         if i in results:
             rows.append({"id": item.id, "modality": item.modality, "source": item.source,
-                         "label": item.label, "source_sha256": hashes[i]})
+                         "label": item.label, "source_sha256": hashes[i], **_text_of(item)})
             parts.append(results[i])
     skipped = [{"id": items[i].id, "modality": items[i].modality, "source": items[i].source,
                 "reason": problems[i]} for i in sorted(problems)]
@@ -375,7 +375,7 @@ def _write_ray_shard(out_dir, state, options):
                            problem)
             continue
         rows.append({"id": item.id, "modality": item.modality, "source": item.source,
-                     "label": item.label, "source_sha256": hashes[j]})
+                     "label": item.label, "source_sha256": hashes[j], **_text_of(item)})
         vec = np.frombuffer(data, dtype=np.float32)
         parts.append(vec.reshape(n_frames, -1))
         lengths.append(n_frames)
@@ -404,6 +404,8 @@ def _finish(out_dir, encoder, encoder_key, items, hashes, specs, kind, fmt, norm
                        "first_item": spec["start"], "key": spec["key"]})
     _remove_leftover_shards(out_dir, len(specs))
     columns = {c: [r[c] for r in rows] for c in shard_io.METADATA_COLUMNS}
+    if any("text" in r for r in rows):  # the texts themselves, for search results to show
+        columns["text"] = [r.get("text") for r in rows]
     table = pa.table({c: pa.array(v, type=pa.string()) for c, v in columns.items()})
     with atomic_path(out_dir / "metadata.parquet") as tmp:
         pq.write_table(table, tmp)
@@ -442,3 +444,9 @@ def _remove_leftover_shards(out_dir, n_shards):
             continue
         if index >= n_shards:
             path.unlink(missing_ok=True)
+
+
+def _text_of(item) -> dict:
+    """``{"text": the text}`` for a text item (metadata.parquet's optional ``text`` column: what
+    `search` shows instead of ``captions.txt:70``), else ``{}``."""
+    return {"text": item.payload} if item.modality == "text" else {}

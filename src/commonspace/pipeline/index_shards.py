@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from commonspace.exceptions import InputError
+from commonspace.index.sources import shown_sources
 from commonspace.index.store import import_faiss
 from commonspace.pipeline import shards as shard_io
 
@@ -80,7 +81,7 @@ def add_embed_dir(index, path, modality: str | None = None, *,
                                          f"{len(rows)}")
                     columns[key] = given[done:done + len(local)]
                 else:
-                    values = meta.get(col)
+                    values = shown_sources(meta) if col == "source" else meta.get(col)
                     columns[key] = None if values is None else [values[i] for i in local]
             index.add(m, emb, **columns)
             done += len(local)

@@ -88,8 +88,8 @@ def write_rows(out, kind, stream, chunks, n, width, out_dtype, metadata, *, mode
         written) or ``"folder"`` (one shard per chunk + ``manifest.json`` +
         ``metadata.parquet``: the layout of `commonspace embed`).
     chunks : ``[{"chunk", "start", "stop"}]`` global row ranges, in order.
-    metadata : ``{column: list of n}`` for :data:`METADATA_COLUMNS` (folder output; ``None``:
-        row numbers as ids, ``modality`` for every row).
+    metadata : ``{column: list of n}`` for :data:`METADATA_COLUMNS` and an optional ``text``
+        (folder and parquet output; ``None``: row numbers as ids, ``modality`` for every row).
     model, model_key : the manifest's ``model`` entry, and a hash of what computed the rows
         (with ``files``, the inputs, it keys every shard).
     """
@@ -113,7 +113,7 @@ def write_rows(out, kind, stream, chunks, n, width, out_dtype, metadata, *, mode
         columns = {}
         if metadata is not None:
             columns = {c: [None if v is None else str(v) for v in metadata[c]]
-                       for c in ("id", "modality", "source", "label")
+                       for c in ("id", "modality", "source", "label", "text")
                        if any(v is not None for v in metadata.get(c) or [])}
         save_embeddings(out, np.concatenate(parts) if parts else np.zeros((0, width)),
                         **columns)
@@ -148,8 +148,9 @@ def _write_folder(out, ordered, chunks, n, width, out_dtype, metadata, model, mo
         write_shard(out, k, "npy", z.astype(out_dtype), rows, marker)
         shards.append({"index": k, "file": f"{SHARD_DIR}/{shard_stem(k)}.npy",
                        "n_rows": len(rows), "first_item": c["start"], "key": key})
+    names = [*METADATA_COLUMNS, *(["text"] if metadata.get("text") is not None else [])]
     table = pa.table({c: pa.array([None if v is None else str(v) for v in metadata[c]],
-                                  type=pa.string()) for c in METADATA_COLUMNS})
+                                  type=pa.string()) for c in names})
     with atomic_path(out / "metadata.parquet") as tmp:
         pq.write_table(table, tmp)
     save_json(out / "manifest.json", {

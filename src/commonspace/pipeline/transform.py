@@ -132,6 +132,8 @@ def _complete(metadata: dict, n: int, modality: str) -> dict:
         if len(values) != n:
             raise InputError(f"metadata column {col!r} has {len(values)} rows, expected {n}")
         out[col] = list(values)
+    if metadata.get("text") is not None and len(metadata["text"]) == n:
+        out["text"] = list(metadata["text"])  # the texts themselves travel with their rows
     return out
 
 
@@ -154,8 +156,5 @@ def read_row_metadata(path, modality: str | None = None) -> dict | None:
         wanted = [c for c in ("id", "source", "text", "label") if c in names]
         if not wanted:
             return None
-        table = pq.read_table(path, columns=wanted).to_pydict()
-        if "source" not in table and "text" in table:
-            table["source"] = table.pop("text")
-        return table
+        return pq.read_table(path, columns=wanted).to_pydict()
     return None
