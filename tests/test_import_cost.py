@@ -3,7 +3,8 @@
 Checked in a fresh interpreter by the modules present afterwards, not by a timed test (the
 shared machine's load would make one flaky): torch (about 1 s) and scikit-learn's
 model_selection are imported only when a model is fitted, loaded or transforms data. The wall
-clock (median of 5 fresh processes) is in docs/learning.md.
+clock (median of 5 fresh processes, `python benchmarks/bench_import.py`) is in
+docs/learning.md ("Import cost").
 """
 
 import json
