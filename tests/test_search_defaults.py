@@ -82,3 +82,22 @@ def test_texts_travel_through_transform(idx, tmp_path, capsys):
     hits = search(capsys, "--index", tmp_path / "i", "--vector", tmp_path / "q.npy",
                   "-k", "1")["hits"]
     assert hits[0]["source"] == CAPTIONS[0]
+
+
+def test_a_serving_process_loads_the_query_model_once(idx, monkeypatch):
+    """The service loads its recipe's encoder at start-up and reuses it for every query."""
+    import commonspace.encoders as encoders
+    from commonspace.apps.serve import SearchService
+
+    calls = []
+    real = encoders.load_encoder
+
+    def counting(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(encoders, "load_encoder", counting)
+    service = SearchService.from_folder(idx / "idx")
+    for q in ("a handwritten seven", "kittens", "stocks"):
+        assert service.search(text=q, k=2)["hits"]
+    assert calls == ["st:all-MiniLM-L6-v2"]
