@@ -29,8 +29,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-pytestmark = pytest.mark.slow
-
 SESSION = r"""
 commonspace embed --audio data/fsdd_train --label-regex '^(\d+)_' --out emb/audio_train
 commonspace embed --audio data/fsdd_test --label-regex '^(\d+)_' --out emb/audio_test
@@ -108,6 +106,7 @@ def step(outputs, prefix):
     return found[0]
 
 
+@pytest.mark.slow
 def test_embed_wrote_mfcc_sequences_and_minilm_vectors(session):
     from commonspace.encoders import load_encoder
     from commonspace.readers import read_embeddings, read_labels, read_sequences
@@ -126,6 +125,7 @@ def test_embed_wrote_mfcc_sequences_and_minilm_vectors(session):
         text[:5], load_encoder("st:all-MiniLM-L6-v2").encode_texts(captions[:5]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_wrote_a_model_that_beats_semantic_matching(session):
     from commonspace import CrossModelCNN
 
@@ -139,6 +139,7 @@ def test_train_wrote_a_model_that_beats_semantic_matching(session):
     assert model.space_ == "posterior" and len(model.classes_) == 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality, source, out", [
     ("audio", "emb/audio_test", "space/audio"),
     ("image", "data/digits_test.npy", "space/image.npy"),
@@ -154,6 +155,7 @@ def test_transform_equals_the_models_transform(session, modality, source, out):
     np.testing.assert_allclose(read_embeddings(work / out, flag=out), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_transformed_folders_keep_ids_labels_and_texts(session):
     work, _ = session
     meta = pq.read_table(work / "space/text/metadata.parquet").to_pydict()
@@ -163,6 +165,7 @@ def test_transformed_folders_keep_ids_labels_and_texts(session):
     assert audio["label"][:3] == ["0", "0", "0"] and audio["id"][0].endswith(".wav")
 
 
+@pytest.mark.slow
 def test_fuse_equals_the_saved_fuser(session):
     from commonspace import KrossFuse
     from commonspace.readers import read_embeddings
@@ -179,6 +182,7 @@ def test_fuse_equals_the_saved_fuser(session):
                                atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_equals_the_metrics_api(session):
     from commonspace.metrics import mean_average_precision
     from commonspace.metrics.suite import stratified_split
@@ -204,6 +208,14 @@ def test_eval_equals_the_metrics_api(session):
     assert "| cnn | fused | minilm |" in table
 
 
+def test_readme_shows_this_session():
+    """README's command-line section is SESSION, line for line, in this order."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    positions = [readme.find(line + "\n") for line in SESSION]
+    assert -1 not in positions, [ln for ln, p in zip(SESSION, positions, strict=True) if p < 0]
+    assert positions == sorted(positions)
+
+
 def _python_search(work, vector, kind):
     from commonspace.index import EmbeddingIndex
 
@@ -211,6 +223,7 @@ def _python_search(work, vector, kind):
     return index.search(vector, k=5, query_modality=kind).hits(0)
 
 
+@pytest.mark.slow
 def test_search_equals_the_python_api(session):
     from commonspace import CrossModelCNN
     from commonspace.encoders import load_encoder
