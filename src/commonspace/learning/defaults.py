@@ -8,7 +8,7 @@ defaults").
 
 DEFAULTS = {"dim": 512, "alpha": 1.0, "gamma": 1e-2, "solver": "adam", "loss": "softmax",
             "input_map": "auto", "normalize": True, "scale": 10.0, "space": "auto",
-            "max_iter": 100}
+            "max_iter": 50}
 
 # The formulation of the paper (arXiv 1611.06306) as the first versions had it by default:
 # ADMM, one-hot squared loss, raw (unnormalised) network outputs as the space, standardised

@@ -29,7 +29,7 @@ from commonspace.learning.sequences import as_padded
 # The candidates CrossModelCNNCV tries by default: the defaults and one step away from them
 # along the three choices that cross-validation on the development sets found to matter most
 # (training length, relevance weight, width); see docs/learning.md.
-DEFAULT_GRID = ({}, {"max_iter": 200}, {"alpha": 3.0}, {"dim": 128})
+DEFAULT_GRID = ({}, {"max_iter": 100}, {"alpha": 3.0}, {"dim": 128})
 
 
 def take(seqs, idx):
