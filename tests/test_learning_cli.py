@@ -231,11 +231,12 @@ def test_train_help_shows_every_default(capsys):
 
     from commonspace.cli._common import Formatter
     from commonspace.cli.main import build_parser
+    from commonspace.learning.defaults import DEFAULTS
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for flag, value in [("--solver", "adam"), ("--loss", "softmax"), ("--max-iter", "100"),
+    for flag, value in [("--solver", "adam"), ("--loss", "softmax"), ("--max-iter", str(DEFAULTS["max_iter"])),
                         ("--tol", "0.0001"), ("--seed", "0"), ("--activation", "relu")]:
         assert re.search(rf" {flag} (\{{[^}}]*\}}|[A-Z_]+) [^()]*\(default: {value}\)", text), flag
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
