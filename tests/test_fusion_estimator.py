@@ -252,24 +252,27 @@ def test_tensorsketch_row_parts_in_threads_change_nothing(coco):
     np.testing.assert_allclose(three, ref, rtol=0, atol=2e-6 * np.abs(ref).max())
 
 
-@pytest.mark.parametrize("width,chosen", [(24, "rp"), (768, "tensorsketch")])
-def test_auto_keeps_the_guarantees_on_real_pairs(coco, width, chosen):
-    """Cross-modal kernel exactly C * CLIP's; diagonal exact; within-modality error small."""
-    images, captions, _ = coco
-    expert = np.tanh(images @ np.random.default_rng(6).standard_normal((512, width))
-                     / 8).astype(np.float32)
-    C = 1.0
-    fuser = KrossFuse(cross_dim=512, expert_dims={"image": width}, C=C,
+@pytest.mark.parametrize("experts,chosen", [
+    ("minilm", "rp"), pytest.param("minilm|e5", "tensorsketch", marks=pytest.mark.slow)])
+def test_auto_keeps_the_guarantees_on_real_pairs(request, experts, chosen):
+    """Real text experts of the COCO captions: MiniLM (384-d: 512 + 384 < 1024, rp) and MiniLM
+    and E5 side by side (768-d, one expert whose kernel is the sum of theirs: tensorsketch).
+    Cross-modal kernel exactly C * CLIP's; diagonal exact; within-text error small."""
+    images, captions = load_coco_clip_pairs()
+    arrays = [request.getfixturevalue(f"coco_{name}") for name in experts.split("|")]
+    expert = np.concatenate(arrays, axis=1).astype(np.float32)
+    C, width = 1.0, expert.shape[1]
+    fuser = KrossFuse(cross_dim=512, expert_dims={"text": width}, C=C,
                       n_components=2048).fit()
     assert fuser.method_ == chosen
-    zi = np.float64(fuser.transform("image", images, expert))
-    zt = np.float64(fuser.transform("text", captions))
+    zi = np.float64(fuser.transform("image", images))
+    zt = np.float64(fuser.transform("text", captions, expert))
     clip = _l2(np.float64(images)) @ _l2(np.float64(captions)).T
     np.testing.assert_allclose(zi @ zt.T, C * clip, atol=1e-5)
-    exact = C * (_l2(np.float64(images)) @ _l2(np.float64(images)).T) * (
+    exact = C * (_l2(np.float64(captions)) @ _l2(np.float64(captions)).T) * (
         C + _l2(np.float64(expert)) @ _l2(np.float64(expert)).T)
-    np.testing.assert_allclose(np.diag(zi @ zi.T), np.diag(exact), rtol=1e-5)
-    assert np.abs(zi @ zi.T - exact).mean() < 0.03
+    np.testing.assert_allclose(np.diag(zt @ zt.T), np.diag(exact), rtol=1e-5)
+    assert np.abs(zt @ zt.T - exact).mean() < 0.03
 
 
 def test_a_format_1_fuser_file_still_loads(coco, tmp_path):

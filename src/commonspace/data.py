@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from commonspace.exceptions import MissingFileError
+from commonspace.exceptions import InputError, MissingFileError
 
 
 def shared_data_dir() -> Path:
@@ -88,6 +88,21 @@ def load_coco_clip_pairs():
 
     feats = np.load(dataset_path("coco_clip_pairs", "features_clip.npy"))
     return feats[0].astype(np.float32), feats[1].astype(np.float32)
+
+
+def load_coco_clip_captions() -> list[str]:
+    """The caption behind each CLIP text embedding of :func:`load_coco_clip_pairs`.
+
+    Reads ``coco_clip_pairs/captions.json`` (``[{"row", "image_id", "caption"}]``) and returns
+    the 500 captions in row order (item i = row i of both embedding arrays), the exact strings
+    CLIP embedded; embed them with a local text model for a real text expert of the same items.
+    """
+    import json
+
+    entries = json.loads(dataset_path("coco_clip_pairs", "captions.json").read_text("utf-8"))
+    if [e["row"] for e in entries] != list(range(len(entries))):
+        raise InputError("coco_clip_pairs/captions.json: rows are not 0..n-1 in order")
+    return [e["caption"] for e in entries]
 
 
 def load_webnews():
