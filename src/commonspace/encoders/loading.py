@@ -35,6 +35,31 @@ FORMS = (
 )
 
 
+# What each kind of model embeds, known without loading it (a query recipe refuses a text-only
+# model registered for images before any weights are read); tests check it against the classes.
+TOWERS = {"st": ("text",), "hf": ("image",), "openclip": ("image", "text"), "mfcc": ("audio",),
+          "efficientnet-lite0": ("image",), "e5-small-multilingual": ("text",),
+          "all-MiniLM-L6-v2": ("text",)}
+
+
+def towers_of(name: str) -> tuple[str, ...] | None:
+    """The modalities the model ``name`` embeds, without loading it; None when the name does
+    not say (an unknown name: :func:`load_encoder` then says what is wrong)."""
+    if not isinstance(name, str):
+        return None
+    if name in TOWERS:
+        return TOWERS[name]
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix in PREFIXES:
+        return TOWERS[prefix]
+    if Path(name).is_dir():
+        try:
+            return TOWERS[detect_library(name)]
+        except ModelNotAvailableError:
+            return None
+    return None
+
+
 def detect_library(folder) -> str:
     """``openclip``, ``st`` or ``hf`` for a local model folder, from the files it holds."""
     folder = Path(folder)

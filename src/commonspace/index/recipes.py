@@ -170,8 +170,18 @@ def build_query_embedder(encoders, transforms=(), *, modalities=None, output: st
 
     The result's ``output_dims`` is ``{kind: (width, description of the chain)}``.
     """
+    from commonspace.encoders.loading import towers_of
+
     modalities = dict(modalities or {})
     experts = dict(experts or {})
+    # what can be told without loading anything first: towers by name, then the model files
+    for kind, name in [*encoders, *experts.items()]:
+        towers = ("image",) if PIXELS.match(name) else towers_of(name)
+        if kind is not None and towers is not None and kind not in towers:
+            flag = "--query-expert" if (kind, name) in experts.items() else "--query-model"
+            raise InputError(f"{flag} {kind}={name}: the model embeds {' and '.join(towers)} "
+                             f"only; it has no {kind} tower")
+    models = [load_model(p, flag="--query-transform") for p in transforms]
     loaded, kinds = {}, {}
     for kind, name in encoders:
         flag = f"--query-model {name}" if kind is None else f"--query-model {kind}={name}"
@@ -192,7 +202,6 @@ def build_query_embedder(encoders, transforms=(), *, modalities=None, output: st
     if unknown:
         raise InputError(f"--query-modality / --query-expert name kinds without --query-model: "
                          f"{sorted(unknown)}")
-    models = [load_model(p, flag="--query-transform") for p in transforms]
     fusers = [i for i, (m, _) in enumerate(models) if type(m).__name__ == "KrossFuse"]
     if fusers and (len(fusers) > 1 or fusers[0] != len(models) - 1):
         raise InputError("--query-transform: a fuser can only be the last model of a recipe")
