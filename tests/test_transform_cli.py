@@ -138,3 +138,12 @@ def test_help_shows_examples_and_defaults(capsys):
     text = capsys.readouterr().out
     assert "commonspace transform --model" in text.split("examples:")[1]
     assert "(default: auto)" in text and "(default: 1024)" in text
+
+
+def test_a_killed_runs_temporaries_are_removed(trained, tmp_path):
+    folder, model, X = trained
+    stale = tmp_path / ".z.npy.abc123.npy.tmp"  # what atomic_path leaves after a SIGKILL
+    stale.write_bytes(b"x" * 100)
+    assert main(["-q", "transform", "--model", str(folder), "--input", str(folder / "b.npy"),
+                 "--modality", "b", "--out", str(tmp_path / "z.npy")]) == 0
+    assert not stale.exists() and (tmp_path / "z.npy").is_file()

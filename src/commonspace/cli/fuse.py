@@ -204,16 +204,9 @@ def _fit_fuser(args, cross, experts):
 def _remove_stale_temporaries(out: Path, fuser_path: Path) -> None:
     """Temporaries of ``out`` and of the fuser file that a killed run left (atomic_path names
     them ``.NAME.*.tmp``), and a folder output's shard temporaries."""
-    from commonspace.pipeline.shards import remove_stale_temporaries
+    from commonspace.pipeline.shards import remove_stale_output_temporaries
 
-    removed = 0
-    for path in (out, fuser_path):
-        if path.parent.is_dir():
-            for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    if out.is_dir():
-        removed += remove_stale_temporaries(out)
+    removed = remove_stale_output_temporaries(out, fuser_path)
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run", removed)
 

@@ -159,3 +159,18 @@ def _write_folder(out, ordered, chunks, n, width, out_dtype, metadata, model, mo
         "row_order": "the inputs' row order; row i of the shards is row i of metadata.parquet",
         "n_rows": n, "n_skipped": 0, "skipped": [], "shards": shards,
     })
+
+
+def remove_stale_output_temporaries(*outputs) -> int:
+    """Delete what a killed run of a command left beside its outputs: the ``.NAME.*.tmp``
+    files :func:`commonspace.io.atomic_path` names (SIGKILL skips its cleanup) and, for a
+    folder output, its shard temporaries. Returns how many files were removed."""
+    removed = 0
+    for out in map(Path, outputs):
+        if out.parent.is_dir():
+            for tmp in out.parent.glob(f".{out.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        if out.is_dir():
+            removed += remove_stale_temporaries(out)
+    return removed

@@ -68,6 +68,12 @@ def transform_sequences(model, sequences, out, *, modality: str, output: str = "
     from tqdm import tqdm
 
     kind = output_kind(out)
+    removed = shard_io.remove_stale_output_temporaries(out)  # a killed run's leftovers
+    if removed:
+        import logging
+
+        logging.getLogger(__name__).info("removed %d temporary file(s) left by an interrupted "
+                                         "run", removed)
     fitted = list(getattr(model, "modalities_", []))
     if modality not in fitted:
         raise InputError(f"--modality {modality!r}: the model was fitted on {fitted}")
