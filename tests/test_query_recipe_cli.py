@@ -158,3 +158,33 @@ def test_paths_are_stored_relative_to_the_index_folder(space, tmp_path, capsys):
     assert spec["recipes"]["text"]["steps"][0]["model"] == "../../models/minilm"
     info = json.loads((tmp_path / "work" / "idx" / "index.json").read_text())["info"]
     assert info["sources"] == ["text=../../t.npy"]
+
+
+def test_a_fuser_ends_a_recipe_with_its_expert(space, tmp_path, capsys):
+    """MiniLM -> the CNN's text tower -> KrossFuse with MiniLM as the text expert, as the
+    digits demo builds in Python."""
+    from commonspace import KrossFuse
+    from commonspace.encoders import load_encoder
+
+    root, model = space
+    fuser = KrossFuse(cross_dim=3, expert_dims={"text": 384}, n_components=64).fit()
+    fuser.save(tmp_path / "f.fuser.npz")
+    minilm = load_encoder("st:all-MiniLM-L6-v2")
+    texts = ["a handwritten seven", "the digit one", "number four"]
+    raw = minilm.encode_texts(texts)
+    np.save(tmp_path / "fused.npy", fuser.transform(
+        "text", cross=model.transform(raw[:, None, :], modality="text"), expert=raw))
+    assert main(["-q", "index", "--embeddings", f"text={tmp_path / 'fused.npy'}", "--out",
+                 str(tmp_path / "idx"), "--query-model", "text=st:all-MiniLM-L6-v2",
+                 "--query-transform", str(root / "model"), str(tmp_path / "f.fuser.npz"),
+                 "--query-expert", "text=st:all-MiniLM-L6-v2"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx"), "--text", "the digit one",
+                 "-k", "1", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    assert hit["row"] == 1 and hit["score"] == pytest.approx(1.0, abs=1e-4)
+    # without the expert the recipe cannot reach the fuser's text block: refused at build
+    assert main(["index", "--embeddings", f"text={tmp_path / 'fused.npy'}", "--out",
+                 str(tmp_path / "bad"), "--query-model", "text=st:all-MiniLM-L6-v2",
+                 "--query-transform", str(root / "model"), str(tmp_path / "f.fuser.npz")]) == 2
+    assert "--query-expert" in capsys.readouterr().err
