@@ -188,56 +188,22 @@ def _step(timings, name):
 
 # ------------------------------------------------------------------------------ Web News
 def _prepare_webnews(out: Path, cache: Path, config: dict, timings: dict) -> DemoData:
-    from commonspace import CrossModelCNN, KrossFuse, SemanticMatching
-    from commonspace.data import load_webnews
-    from commonspace.encoders import load_encoder
-    from commonspace.learning.selection import validate_against_scm
-    from commonspace.pipeline.embed import embed_dataset
-    from commonspace.pipeline.readers import Item
-    from commonspace.pipeline.shards import load_embedding_dir
+    from commonspace import CrossModelCNN, KrossFuse
 
     seed, chars = config["random_state"], config["text_chars"]
-    with _step(timings, "1 data"):
-        news = load_webnews()
-        keep = _first_per_class(news["y"], news["train"], config["per_class"])
-        ids = [news["ids"][i] for i in keep]
-        y, train = news["y"][keep], news["train"][keep]
-        full_texts = [news["texts"][i] for i in keep]
-        texts = [t[:chars] for t in full_texts]
-        paths = [str(news["image_paths"][i]) for i in keep]
-        classes = news["classes"]
-    with _step(timings, "2 embed images (EfficientNet-Lite0)"):
-        image_encoder = load_encoder(WEBNEWS_IMAGE_MODEL)
-        items = [Item(i, "image", p, classes[c], p) for i, p, c in zip(ids, paths, y, strict=True)]
-        run = embed_dataset(items, image_encoder, cache / "images_efficientnet-lite0",
-                            batch_size=32, shard_size=256, show_progress_bar=True)
-        image_expert, meta = load_embedding_dir(cache / "images_efficientnet-lite0")
-        _check_rows(meta, ids, "image")
-        reused = {"images": f"{run['n_reused']} of {run['n_reused'] + run['n_computed']} shards"}
-    with _step(timings, "3 embed texts (multilingual E5)"):
-        text_encoder = load_encoder(WEBNEWS_TEXT_MODEL)
-        items = [Item(i, "text", f"texts/{i}.txt", classes[c], t)
-                 for i, t, c in zip(ids, texts, y, strict=True)]
-        folder = cache / f"texts_e5-small-multilingual_{chars}chars"
-        run = embed_dataset(items, text_encoder, folder, batch_size=32, shard_size=256,
-                            show_progress_bar=True)
-        text_expert, meta = load_embedding_dir(folder)
-        _check_rows(meta, ids, "text")
-        reused["texts"] = f"{run['n_reused']} of {run['n_reused'] + run['n_computed']} shards"
-    image_expert = np.asarray(image_expert, np.float32)
-    text_expert = np.asarray(text_expert, np.float32)
+    web = webnews_embeddings(cache, text_chars=chars, per_class=config["per_class"],
+                             timings=timings)
+    news, ids, y, train, classes = (web[k] for k in ("news", "ids", "y", "train", "classes"))
+    full_texts, texts, paths = web["full_texts"], web["texts"], web["paths"]
+    image_expert, text_expert = web["image_expert"], web["text_expert"]
+    image_encoder, text_encoder = web["image_encoder"], web["text_encoder"]
+    reused = web["reused"]
 
     with _step(timings, "4 learned space (validation, then fit)"):
-        X = {"image": image_expert[train], "text": text_expert[train]}
-        labels = {"image": y[train], "text": y[train]}
-        # the library defaults (n_threads=2 was slower here: 108 vs 72 s of CPU)
-        cnn = CrossModelCNN(max_iter=config["max_iter"], random_state=seed)
-        check = validate_against_scm(cnn, X, labels, validation_fraction=0.2, random_state=seed)
-        use_cnn = check["model"] > check["scm"]
-        space = cnn if use_cnn else SemanticMatching()
-        space.fit(X, labels=labels)
-        cross = {m: np.asarray(space.transform(e, modality=m), np.float32)
-                 for m, e in (("image", image_expert), ("text", text_expert))}
+        space, cross, check = learn_webnews_space(image_expert, text_expert, y, train,
+                                                  max_iter=config["max_iter"],
+                                                  random_state=seed)
+        use_cnn = isinstance(space, CrossModelCNN)
         chosen = "cross-model CNN" if use_cnn else "semantic matching (SCM)"
         selection = {
             "protocol": "a stratified 20% of the TRAINING split held out (per modality, seed "
@@ -331,6 +297,84 @@ def _prepare_webnews(out: Path, cache: Path, config: dict, timings: dict) -> Dem
         extra={"model_selection": selection, "missing_images": news["missing_images"],
                "duplicate_images": news["duplicate_images"]},
     )
+
+
+def webnews_embeddings(cache, *, text_chars: int = TEXT_CHARS, per_class: int | None = None,
+                       timings: dict | None = None) -> dict:
+    """Web News items and their expert embeddings, through the resumable embedding cache.
+
+    cache : the folder of the cached embedding runs (the demo's ``OUT/cache``); a run that is
+        complete there is read back, not embedded again (benchmarks reuse the demo's cache).
+    Returns a dict: ``news`` (:func:`commonspace.data.load_webnews`), ``ids``, ``y`` (n,)
+    int64, ``train`` (n,) bool (the official split), ``full_texts``, ``texts`` (cut to
+    ``text_chars`` characters), ``paths``, ``classes``, ``image_expert`` (n, 1280) float32
+    (EfficientNet-Lite0), ``text_expert`` (n, 384) float32 (multilingual E5 of the cut texts),
+    ``image_encoder``, ``text_encoder``, ``reused`` (shards read from the cache).
+    """
+    from commonspace.data import load_webnews
+    from commonspace.encoders import load_encoder
+    from commonspace.pipeline.embed import embed_dataset
+    from commonspace.pipeline.readers import Item
+    from commonspace.pipeline.shards import load_embedding_dir
+
+    cache, timings = Path(cache), {} if timings is None else timings
+    with _step(timings, "1 data"):
+        news = load_webnews()
+        keep = _first_per_class(news["y"], news["train"], per_class)
+        ids = [news["ids"][i] for i in keep]
+        y, train = news["y"][keep], news["train"][keep]
+        full_texts = [news["texts"][i] for i in keep]
+        texts = [t[:text_chars] for t in full_texts]
+        paths = [str(news["image_paths"][i]) for i in keep]
+        classes = news["classes"]
+    with _step(timings, "2 embed images (EfficientNet-Lite0)"):
+        image_encoder = load_encoder(WEBNEWS_IMAGE_MODEL)
+        items = [Item(i, "image", p, classes[c], p) for i, p, c in zip(ids, paths, y, strict=True)]
+        run = embed_dataset(items, image_encoder, cache / "images_efficientnet-lite0",
+                            batch_size=32, shard_size=256, show_progress_bar=True)
+        image_expert, meta = load_embedding_dir(cache / "images_efficientnet-lite0")
+        _check_rows(meta, ids, "image")
+        reused = {"images": f"{run['n_reused']} of {run['n_reused'] + run['n_computed']} shards"}
+    with _step(timings, "3 embed texts (multilingual E5)"):
+        text_encoder = load_encoder(WEBNEWS_TEXT_MODEL)
+        items = [Item(i, "text", f"texts/{i}.txt", classes[c], t)
+                 for i, t, c in zip(ids, texts, y, strict=True)]
+        folder = cache / f"texts_e5-small-multilingual_{text_chars}chars"
+        run = embed_dataset(items, text_encoder, folder, batch_size=32, shard_size=256,
+                            show_progress_bar=True)
+        text_expert, meta = load_embedding_dir(folder)
+        _check_rows(meta, ids, "text")
+        reused["texts"] = f"{run['n_reused']} of {run['n_reused'] + run['n_computed']} shards"
+    return {"news": news, "ids": ids, "y": y, "train": train, "full_texts": full_texts,
+            "texts": texts, "paths": paths, "classes": classes,
+            "image_expert": np.asarray(image_expert, np.float32),
+            "text_expert": np.asarray(text_expert, np.float32),
+            "image_encoder": image_encoder, "text_encoder": text_encoder, "reused": reused}
+
+
+def learn_webnews_space(image_expert, text_expert, y, train, *, max_iter: int = 100,
+                        random_state: int = 0):
+    """The demo's learned image-text space: the better of a cross-model CNN (library defaults)
+    and semantic matching on a validation part of the training split, refitted on all of it.
+
+    Returns ``(space, cross, check)``: the fitted model, ``cross = {"image": (n, k), "text":
+    (n, k)}`` float32 (every item, train and test, through the space) and the validation
+    scores of :func:`commonspace.learning.selection.validate_against_scm`.
+    """
+    from commonspace import CrossModelCNN, SemanticMatching
+    from commonspace.learning.selection import validate_against_scm
+
+    X = {"image": image_expert[train], "text": text_expert[train]}
+    labels = {"image": y[train], "text": y[train]}
+    # the library defaults (n_threads=2 was slower here: 108 vs 72 s of CPU)
+    cnn = CrossModelCNN(max_iter=max_iter, random_state=random_state)
+    check = validate_against_scm(cnn, X, labels, validation_fraction=0.2,
+                                 random_state=random_state)
+    space = cnn if check["model"] > check["scm"] else SemanticMatching()
+    space.fit(X, labels=labels)
+    cross = {m: np.asarray(space.transform(e, modality=m), np.float32)
+             for m, e in (("image", image_expert), ("text", text_expert))}
+    return space, cross, check
 
 
 def _first_per_class(y, train, per_class):
