@@ -220,11 +220,16 @@ def test_webnews_demo_on_a_subset_end_to_end_and_rerun_from_the_cache(tmp_path):
         if "plot" in q:
             assert (out / q["plot"]).read_bytes()[:4] == b"\x89PNG"
     assert (out / "plots/summary.png").is_file() and not list(out.rglob("*.tmp"))
+    # every modality (a text query searches the images only by default)
     code, stdout_s, stderr_s = cli("search", "--index", out / "index", "--text", "足球比赛",
-                                   "-k", "3", "--json")
+                                   "-k", "3", "--json", "--modality", "all")
     assert code == 0, stderr_s
     found = json.loads(stdout_s)
     assert len(found["hits"]) == 3 and found["hits"][0]["label"] == "sports"
+    code, stdout_s, stderr_s = cli("search", "--index", out / "index", "--text", "足球比赛",
+                                   "-k", "3", "--json")
+    assert code == 0, stderr_s
+    assert {h["modality"] for h in json.loads(stdout_s)["hits"]} == {"image"}
 
     # a rerun embeds nothing: every shard comes from the cache, the numbers are the same
     code, _, stderr = cli(*args)

@@ -107,7 +107,12 @@ def test_query_in_the_url_then_typed_then_an_upload_then_an_audio_click(browser,
     assert images and all(browser.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth > 0", img) for img in images)
 
-    # 3. upload an image file: it finds itself first
+    # 3. upload an image file: with every modality searched it finds itself first (by
+    # default a query leaves its own modality out)
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "modality")).select_by_value("all")
+    wait_for_status(browser, "hits for text: someone wrote a three")
     browser.find_element(By.ID, "file").send_keys(built["image_files"][25])
     wait_for_status(browser, "hits for image: upload")
     assert result_rows(browser)[0] == 25
