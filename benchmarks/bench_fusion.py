@@ -4,7 +4,8 @@ streaming memory, and the fused embedding against its parts on Web News's real f
 (cross-validation on the training split, then the test split once).
 
 Run:  .venv/bin/python benchmarks/bench_fusion.py            (full sizes, long)
-      .venv/bin/python benchmarks/bench_fusion.py --quick    (small sizes)
+      .venv/bin/python benchmarks/bench_fusion.py --quick    (small sizes; section 5 keeps
+                                                   all of Web News, 2 folds and 7 settings)
       .venv/bin/python benchmarks/bench_fusion.py --sections 5   (Web News only)
 
 Sections 3 and 5 read embeddings through the resumable cache ``--cache`` (default
