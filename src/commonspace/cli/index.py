@@ -98,7 +98,7 @@ def run(args) -> int:
     for spec in args.embeddings:  # a missing input is said before any model is loaded
         path = Path(split_spec(spec, "--embeddings")[1])
         if not path.exists():
-            raise MissingFileError(f"--embeddings {spec}: no such file or folder")
+            raise MissingFileError(f"--embeddings {spec}: not found")
     embedder = _query_embedder(args, build_query_embedder)  # checked before the rows are read
     out_dir = Path(args.out)
     index = EmbeddingIndex(factory=args.factory, normalize=not args.no_normalize,

@@ -54,7 +54,7 @@ def load_model(path, flag: str = "model"):
                                    "--out folder of `commonspace train`, a .pt or a .fuser.npz)")
         path = path / "model.pt"
     if not path.exists():
-        raise MissingFileError(f"{flag} {path}: no such file or folder")
+        raise MissingFileError(f"{flag} {path}: not found")
     import commonspace
 
     kind = "KrossFuse" if path.suffix.lower() == ".npz" else _torch_format(path, flag)
