@@ -10,6 +10,7 @@ StandardScaler + LogisticRegression posteriors) fitted on the same folds.
     python benchmarks/select_defaults.py                                  # the defaults
     python benchmarks/select_defaults.py --grid '[{}, {"max_iter": 200}, {"alpha": 3}]'
     python benchmarks/select_defaults.py --sets msrc orl --folds 3 --seeds 0 1
+    python benchmarks/select_defaults.py --sets msrc orl 3sources --n-estimators 5
 
 It prints one line per configuration and set (mean mAP of the model and of SCM, directions
 lost to SCM, dead output rows, mean fit seconds) and a summary per configuration; ``--json``
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 sys.path.insert(0, str(ROOT / "src"))
 
-from commonspace.learning import CrossModelCNN, SemanticMatching  # noqa: E402
+from commonspace.learning import CrossModelCNN, CrossModelEnsemble, SemanticMatching  # noqa: E402
 from commonspace.metrics import mean_average_precision  # noqa: E402
 
 MULTIVIEW = ("3sources", "bbcsport", "msrc", "20newsgroups", "orl")
@@ -57,7 +58,7 @@ def directions(U: dict, y: np.ndarray) -> dict:
             for a in U for b in U if a != b}
 
 
-def evaluate(params: dict, name: str, folds: int, seeds) -> dict:
+def evaluate(params: dict, name: str, folds: int, seeds, n_estimators: int = 1) -> dict:
     X, y = load_training_part(name)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     model_scores, scm_scores, seconds, dead = {}, {}, [], 0
@@ -71,7 +72,11 @@ def evaluate(params: dict, name: str, folds: int, seeds) -> dict:
             scm_scores.setdefault(d, []).append(s)
         for seed in seeds:
             t0 = time.perf_counter()
-            model = CrossModelCNN(**{**params, "random_state": seed}).fit(Xf, labels)
+            if n_estimators > 1:  # members' seeds drawn from `seed`
+                model = CrossModelEnsemble(CrossModelCNN(**params), n_estimators=n_estimators,
+                                           random_state=seed).fit(Xf, labels)
+            else:
+                model = CrossModelCNN(**{**params, "random_state": seed}).fit(Xf, labels)
             seconds.append(time.perf_counter() - t0)
             U = {k: model.transform(v, modality=k) for k, v in Xv.items()}
             dead += sum(int((~np.any(u != 0, axis=1)).sum()) for u in U.values())
@@ -94,13 +99,15 @@ def main(argv=None):
     ap.add_argument("--folds", type=int, default=2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--json", help="write all figures here")
+    ap.add_argument("--n-estimators", type=int, default=1,
+                    help="> 1: score a CrossModelEnsemble of that many seeds per configuration")
     a = ap.parse_args(argv)
     results = []
     for params in json.loads(a.grid):
         per_set = {}
         print(f"{json.dumps(params)}", flush=True)
         for name in a.sets:
-            r = per_set[name] = evaluate(params, name, a.folds, a.seeds)
+            r = per_set[name] = evaluate(params, name, a.folds, a.seeds, a.n_estimators)
             print(f"  {name:13s} model {r['model']:.4f}  SCM {r['scm']:.4f}  "
                   f"diff {r['model'] - r['scm']:+.4f}  lost {r['lost']}/{r['directions']}  "
                   f"dead {r['dead_rows']}  fit {r['fit_seconds']:.1f}s", flush=True)
