@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from commonspace.data import dataset_path
 from commonspace.learning.network import SequenceCNN, forward_batched, forward_buckets
 
 
@@ -46,3 +47,26 @@ def test_batched_evaluation_keeps_input_order(fsdd_batch):
     rows = [net(x[i : i + 1, : int(lengths[i])], lengths[i : i + 1]) for i in range(0, len(x), 37)]
     got = forward_batched(net, x, lengths, batch_size=100)[::37]
     torch.testing.assert_close(got, torch.cat(rows).detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_vectors_take_a_matrix_product_equal_to_the_convolution():
+    """Plain vectors (one window per item) skip conv1d; the map is the same (real msrc views)."""
+    z = np.load(dataset_path("multiview", "msrc.npz"))
+    x = torch.from_numpy(np.asarray(z["gist"], np.float32))[:, None, :]  # (210, 1, 512)
+    lengths = torch.ones(len(x), dtype=torch.long)
+    torch.manual_seed(2)
+    net = SequenceCNN(x.shape[2], 48, 1, hidden=(32,), normalize=True)
+    xa = x.clone().requires_grad_(True)
+    got = net(xa, lengths)
+    h = x.clone().requires_grad_(True)
+    ref = h.transpose(1, 2)
+    for layer in net.layers:  # the convolution itself, as torch computes it
+        ref = torch.relu(torch.nn.functional.conv1d(ref, layer.weight, layer.bias))
+    ref = ref.max(dim=2).values
+    ref = ref / ref.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    w = torch.randn(48)
+    ga = torch.autograd.grad((got @ w).square().sum(), [xa, *net.parameters()])
+    gb = torch.autograd.grad((ref @ w).square().sum(), [h, *net.parameters()])
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)

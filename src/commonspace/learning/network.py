@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 ACTIVATIONS = {
     "relu": torch.relu,
@@ -50,10 +51,18 @@ class SequenceCNN(nn.Module):
         act = ACTIVATIONS[self.activation]
         h = x.transpose(1, 2)  # (n, d, m)
         for layer in self.layers:
-            h = act(layer(h))  # (n, c, m - span_so_far + 1)
+            if h.shape[2] == layer.kernel_size[0]:
+                # one window per item (plain vectors: m = window = 1): the same map as a matrix
+                # product, which is about 4x faster than conv1d forward + backward on CPU
+                z = F.linear(h.reshape(h.shape[0], -1),
+                             layer.weight.reshape(layer.out_channels, -1), layer.bias)
+                h = act(z)[:, :, None]
+            else:
+                h = act(layer(h))  # (n, c, m - span_so_far + 1)
         n_windows = lengths - self.span + 1
         valid = torch.arange(h.shape[2], device=h.device)[None, :] < n_windows[:, None]
-        h = h.masked_fill(~valid[:, None, :], float("-inf"))
+        if not bool(valid.all()):
+            h = h.masked_fill(~valid[:, None, :], float("-inf"))
         u = h.max(dim=2).values
         if self.normalize:  # onto the unit sphere; an all-zero row stays zero (see fill_dead_rows)
             u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-12)
