@@ -38,6 +38,7 @@ import numpy as np
 
 from commonspace.exceptions import InputError
 from commonspace.io import atomic_path, save_figure, save_json, save_npy
+from commonspace.learning.defaults import DEFAULTS
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,9 @@ def run_demo(out_dir, *, dataset: str = "webnews", quick: bool = False, models=N
         "dataset": "images" if (models or images) else dataset,
         "quick": bool(quick), "random_state": random_state,
         "n_components": n_components or (256 if quick else 512),
-        "max_iter": max_iter or (15 if quick else 100),
+        # Web News: the library's default training length; digits: the paper-style ADMM fit
+        "max_iter": max_iter or (15 if quick else 100 if dataset == "digits" or models or images
+                                 else DEFAULTS["max_iter"]),
         # quick: one C instead of the validation sweep (commonspace.metrics.DEFAULT_C_GRID)
         "C_grid": [1.0] if quick else None,
     }
@@ -352,7 +355,7 @@ def webnews_embeddings(cache, *, text_chars: int = TEXT_CHARS, per_class: int | 
             "image_encoder": image_encoder, "text_encoder": text_encoder, "reused": reused}
 
 
-def learn_webnews_space(image_expert, text_expert, y, train, *, max_iter: int = 100,
+def learn_webnews_space(image_expert, text_expert, y, train, *, max_iter: int = DEFAULTS["max_iter"],
                         random_state: int = 0):
     """The demo's learned image-text space: the better of a cross-model CNN (library defaults)
     and semantic matching on a validation part of the training split, refitted on all of it.
