@@ -23,6 +23,16 @@ def fsdd_batch():
     return x, lengths
 
 
+def _assert_same_map(net, a, xa, b, xb):
+    """Equal outputs, and equal gradients w.r.t. the inputs and every weight."""
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    w = torch.randn(a.shape[1])
+    ga = torch.autograd.grad((a @ w).square().sum(), [xa, *net.parameters()])
+    gb = torch.autograd.grad((b @ w).square().sum(), [xb, *net.parameters()])
+    for u, v in zip(ga, gb, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("normalize", [False, True])
 def test_buckets_give_the_padded_outputs_and_gradients(fsdd_batch, normalize):
     x, lengths = fsdd_batch
@@ -32,12 +42,7 @@ def test_buckets_give_the_padded_outputs_and_gradients(fsdd_batch, normalize):
     a = forward_buckets(net, xa, lengths, bucket_size=64)
     b = net(xb, lengths)  # one batch padded to the longest item
     assert a.shape == (len(x), 32)
-    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    w = torch.randn(32)
-    ga = torch.autograd.grad((a @ w).square().sum(), [xa, *net.parameters()])
-    gb = torch.autograd.grad((b @ w).square().sum(), [xb, *net.parameters()])
-    for u, v in zip(ga, gb, strict=True):
-        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    _assert_same_map(net, a, xa, b, xb)
 
 
 def test_batched_evaluation_keeps_input_order(fsdd_batch):
@@ -64,9 +69,4 @@ def test_vectors_take_a_matrix_product_equal_to_the_convolution():
         ref = torch.relu(torch.nn.functional.conv1d(ref, layer.weight, layer.bias))
     ref = ref.max(dim=2).values
     ref = ref / ref.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
-    w = torch.randn(48)
-    ga = torch.autograd.grad((got @ w).square().sum(), [xa, *net.parameters()])
-    gb = torch.autograd.grad((ref @ w).square().sum(), [h, *net.parameters()])
-    for u, v in zip(ga, gb, strict=True):
-        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-5)
+    _assert_same_map(net, got, xa, ref, h)
