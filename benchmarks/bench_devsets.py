@@ -2,7 +2,8 @@
 
 Official splits (train -> test): the five multi-view sets of ``../shared/data/multiview`` (their
 fixed ``train`` half), Wikipedia (raw SIFT-BoW / LDA features) and FSDD <-> digits with speaker
-theo unseen. Per set and ordered pair of modalities: mAP@all (cosine, relevant = same class) of
+theo unseen, and Web News (the demo's EfficientNet-Lite0 / multilingual-E5
+features, official split). Per set and ordered pair of modalities: mAP@all (cosine, relevant = same class) of
 
 - ``defaults``: ``CrossModelCNN(random_state=s)`` (sequences: only a ``window`` per modality),
   mean ± sd over ``--seeds``, with the mean fit seconds (wall clock, and the process's CPU
@@ -46,7 +47,7 @@ from commonspace.metrics import mean_average_precision  # noqa: E402
 MULTIVIEW = ("3sources", "bbcsport", "msrc", "20newsgroups", "orl")
 
 
-def load(name, cache):
+def load(name, cache, webnews_cache="demo_report/cache"):
     """``(train views, y_train, test views, y_test, scm inputs or None, windows, paired)``."""
     if name in MULTIVIEW:
         z = np.load(DATA / "multiview" / f"{name}.npz")
@@ -54,6 +55,14 @@ def load(name, cache):
         X = {v: z[v].astype(np.float32) for v in views}
         return ({v: X[v][tr] for v in views}, z["y"][tr], {v: X[v][~tr] for v in views},
                 z["y"][~tr], None, {}, True)
+    if name == "webnews":  # the demo's expert features (EfficientNet-Lite0, multilingual E5)
+        from commonspace.apps.demo import webnews_embeddings
+
+        d = webnews_embeddings(Path(webnews_cache))
+        tr = d["train"]
+        X = {"image": d["image_expert"], "text": d["text_expert"]}
+        return ({k: v[tr] for k, v in X.items()}, d["y"][tr], {k: v[~tr] for k, v in X.items()},
+                d["y"][~tr], None, {}, True)
     if name == "wikipedia":
         from commonspace.data import load_wikipedia
 
@@ -109,8 +118,8 @@ def cca_directions(Xtr, Xte, y):
     return out
 
 
-def run(name, seeds, cache, n_estimators=1):
-    Xtr, ytr, Xte, yte, scm_in, windows, paired = load(name, cache)
+def run(name, seeds, cache, n_estimators=1, webnews_cache="demo_report/cache"):
+    Xtr, ytr, Xte, yte, scm_in, windows, paired = load(name, cache, webnews_cache)
     names = list(Xtr)
     ytr, yte = per_label(ytr, names), per_label(yte, names)
     scm_tr, scm_te = scm_in if scm_in else (Xtr, Xte)
@@ -143,11 +152,13 @@ def run(name, seeds, cache, n_estimators=1):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sets", nargs="+", default=[*MULTIVIEW, "wikipedia", "fsdd"])
+    ap.add_argument("--sets", nargs="+", default=[*MULTIVIEW, "wikipedia", "fsdd", "webnews"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "commonspace_cache"),
                     help="folder of the FSDD MFCC cache, shared with bench_crossmodel.py")
     ap.add_argument("--json", help="write every figure here")
+    ap.add_argument("--webnews-cache", default="demo_report/cache",
+                    help="the demo's embedding cache (make demo fills it; embedded there if not)")
     ap.add_argument("--n-estimators", type=int, default=1,
                     help="> 1: a CrossModelEnsemble of that many seeds instead of one network")
     a = ap.parse_args(argv)
@@ -155,7 +166,7 @@ def main(argv=None):
     print("| set | direction | defaults (mean ± sd) | SCM | CCA | defaults - SCM |")
     print("|---|---|---|---|---|---|")
     for name in a.sets:
-        r = results[name] = run(name, a.seeds, a.cache, a.n_estimators)
+        r = results[name] = run(name, a.seeds, a.cache, a.n_estimators, a.webnews_cache)
         for row in r["rows"]:
             cca = "" if row["cca"] is None else f"{row['cca']:.3f}"
             print(f"| {name} | {row['direction']} | {row['defaults']:.3f} ± {row['sd']:.3f} | "
